@@ -1,0 +1,64 @@
+# pyfile bootstrap: run by the stub as  python -c BOOTSTRAP PYFILE ARGS...
+# It must stay small, use only the standard library, contain no single quote (it is
+# embedded in the stub between single quotes), and run on every Python >= 3.9.
+# zipimport cannot read ZIP64 archives before 3.13, so the runtime is imported through
+# zipfile instead, and the weights are never extracted.
+import sys
+
+
+def _pyfile_boot():
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]  # never import from the current directory
+    import zipfile
+    path = sys.argv[1]
+    try:
+        zf = zipfile.ZipFile(path)
+    except Exception as e:
+        sys.stderr.write("pyfile: %s: damaged or truncated pyfile (%s)\n" % (path, e))
+        sys.exit(1)
+
+    class ArchiveImporter:
+        """Imports the bundled pyfile package straight from the archive."""
+
+        def __init__(self):
+            self.names = set(zf.namelist())
+
+        def _locate(self, name):
+            base = name.replace(".", "/")
+            if base + "/__init__.py" in self.names:
+                return base + "/__init__.py", True
+            if base + ".py" in self.names:
+                return base + ".py", False
+            return None, False
+
+        def find_spec(self, name, path=None, target=None):
+            if name != "pyfile" and not name.startswith("pyfile."):
+                return None
+            member, is_pkg = self._locate(name)
+            if member is None:
+                return None
+            import importlib.util
+            spec = importlib.util.spec_from_loader(name, self, is_package=is_pkg)
+            spec.origin = path_in_archive(member)
+            spec.has_location = True
+            return spec
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            member, _ = self._locate(module.__name__)
+            code = compile(zf.read(member), path_in_archive(member), "exec", dont_inherit=True)
+            module.__file__ = path_in_archive(member)
+            exec(code, module.__dict__)
+
+    def path_in_archive(member):
+        return path + "/" + member
+
+    sys.meta_path.insert(0, ArchiveImporter())
+    sys.argv = [path] + sys.argv[2:]
+    from pyfile.runtime.main import main
+    sys.exit(main(path, sys.argv[1:], zf=zf))
+
+
+_pyfile_boot()

@@ -1,0 +1,218 @@
+"""``pyfile build``: stub + zip (runtime, .args, aligned weights, manifest), atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+
+from . import gguf, manifest, stub
+from .atomic import atomic_output
+from .runtime import argsfile
+from .runtime.archive import ARGS_NAME, MANIFEST_NAME
+from .runtime.errors import InputError, UsageError
+from .zipwriter import Entry, ZipWriter
+
+DEFAULT_ALIGN = 4096
+MIN_ALIGN = 32  # llama.cpp needs the GGUF data 32-byte aligned in the file to mmap it
+MAX_ALIGN = 1 << 20
+GGUF_MAGIC_BYTES = b"GGUF"
+ZIP_MAGIC_BYTES = b"PK\x03\x04"
+
+Progress = Optional[Callable[[int], None]]
+
+
+@dataclass
+class Source:
+    """Bytes to be copied into the pyfile: a region of a file on disk."""
+
+    path: str  # what the user named (for messages)
+    name: str  # member name in the pyfile
+    file: str  # file holding the bytes
+    offset: int
+    size: int
+    info: Optional[gguf.GGUFInfo] = None
+
+
+@dataclass
+class BuildResult:
+    output: str
+    size: int
+    entries: List[Entry] = field(default_factory=list)
+
+
+def source_date_epoch() -> Optional[int]:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, got {value!r}") from None
+
+
+def check_align(align: int) -> int:
+    if align < MIN_ALIGN or align > MAX_ALIGN or align & (align - 1):
+        raise UsageError(f"--align must be a power of two between {MIN_ALIGN} and {MAX_ALIGN}, "
+                         f"got {align}")
+    return align
+
+
+def runtime_files() -> List[Tuple[str, bytes]]:
+    """The pure-Python runtime that travels inside every pyfile, as (member, bytes)."""
+    import pyfile
+    root = os.path.dirname(os.path.abspath(pyfile.__file__))
+    out = [("pyfile/__init__.py", _read(os.path.join(root, "__init__.py")))]
+    rt = os.path.join(root, "runtime")
+    for name in sorted(os.listdir(rt)):
+        full = os.path.join(rt, name)
+        if os.path.isfile(full) and not name.startswith("."):
+            out.append((f"pyfile/runtime/{name}", _read(full)))
+    return out
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def open_source(path: str, workdir: str, want_gguf: bool = True) -> Iterator[Source]:
+    """Resolve an input: a GGUF (or any file), or a zip that delivers one.
+
+    A zip member stored uncompressed is read in place; a compressed one (Deflate or
+    Windows Explorer's Deflate64) is extracted to a temp file in ``workdir`` first.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        size = os.path.getsize(path)
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if want_gguf and head != GGUF_MAGIC_BYTES and (head == ZIP_MAGIC_BYTES
+                                                   or zipfile.is_zipfile(path)):
+        with _zip_source(path, workdir) as src:
+            yield src
+        return
+    src = Source(path, os.path.basename(path), path, 0, size)
+    if want_gguf or head == GGUF_MAGIC_BYTES:
+        src.info = gguf.read(path)
+    yield src
+
+
+@contextlib.contextmanager
+def _zip_source(path: str, workdir: str) -> Iterator[Source]:
+    try:
+        import zipfile_deflate64  # noqa: F401  (registers Deflate64 with zipfile)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable zip: {e}") from None
+    with zf:
+        ggufs = [i for i in zf.infolist()
+                 if i.filename.lower().endswith(".gguf") and not i.is_dir()]
+        if len(ggufs) != 1:
+            found = ", ".join(i.filename for i in ggufs) or "none"
+            raise InputError(f"{path}: a zip given as a model must hold exactly one .gguf "
+                             f"(found: {found})")
+        info = ggufs[0]
+        name = os.path.basename(info.filename)
+        if info.compress_type == zipfile.ZIP_STORED:
+            from .runtime.archive import Archive
+            with Archive.open(path, require_manifest=False) as arch:
+                m = arch.member(info.filename)
+            src = Source(path, name, path, m.offset, m.size)
+            src.info = gguf.read(path, m.offset, m.size)
+            yield src
+            return
+        fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".pyfile-extract-", suffix=".gguf")
+        try:
+            with os.fdopen(fd, "wb") as out, zf.open(info) as member:
+                shutil.copyfileobj(member, out, 1 << 20)
+            src = Source(path, name, tmp, 0, os.path.getsize(tmp))
+            src.info = gguf.read(tmp)
+            yield src
+        except (zipfile.BadZipFile, NotImplementedError, EOFError) as e:
+            raise InputError(f"{path}: cannot extract {info.filename}: {e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _check_output(output: str, inputs: List[str]) -> None:
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: is a directory; give a file name with -o")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise InputError(f"{output}: the folder {parent} does not exist")
+    for p in inputs:
+        if os.path.exists(output) and os.path.exists(p) and os.path.samefile(output, p):
+            raise UsageError(f"{output}: the output would overwrite the input {p}")
+
+
+def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
+          align: int = DEFAULT_ALIGN, progress: Progress = None,
+          on_start: Optional[Callable[[int], None]] = None) -> BuildResult:
+    """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
+
+    Everything is validated before the first byte is written; ``on_start`` receives the
+    number of bytes that will be copied (for a progress bar).
+    """
+    check_align(align)
+    argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
+    epoch = source_date_epoch()
+    _check_output(output, [model, *extras])
+    workdir = os.path.dirname(os.path.abspath(output))
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(open_source(model, workdir))]
+        for extra in extras:
+            sources.append(stack.enter_context(open_source(extra, workdir, want_gguf=False)))
+        names = [s.name for s in sources]
+        for reserved in (ARGS_NAME, MANIFEST_NAME, "__main__.py"):
+            if reserved in names:
+                raise UsageError(f"{reserved}: this member name is reserved")
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise UsageError(f"two inputs share the member name {sorted(dupes)[0]!r}; "
+                             f"rename one of them")
+        if on_start:
+            on_start(sum(s.size for s in sources))
+        with atomic_output(output) as f:
+            entries = write_archive(f, sources, args_text, align, epoch, progress)
+            size = f.tell()
+    return BuildResult(output, size, entries)
+
+
+def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
+                  epoch: Optional[int], progress: Progress) -> List[Entry]:
+    f.write(stub.render())
+    w = ZipWriter(f, epoch=epoch)
+    records: List[Dict] = []
+    models: Dict[str, Dict] = {}
+    records.append(manifest.member_record(w.add_bytes("__main__.py", stub.main_source()),
+                                          "main"))
+    records.append(manifest.member_record(
+        w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False), "args"))
+    for name, data in runtime_files():
+        records.append(manifest.member_record(w.add_bytes(name, data), "runtime"))
+    for src in sources:
+        with open(src.file, "rb") as inp:
+            inp.seek(src.offset)
+            entry = w.add_stream(src.name, inp, src.size, align=align, progress=progress,
+                                 origin=src.path)
+        kind = "model" if src.info is not None else "file"
+        records.append(manifest.member_record(entry, kind, align))
+        if src.info is not None:
+            models[src.name] = src.info.summary()
+    default = sources[0].name
+    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch))
+    w.close()
+    return w.entries

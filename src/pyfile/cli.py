@@ -1,0 +1,181 @@
+"""The ``pyfile`` command (build time): build, inspect, verify, args, add.
+
+Library code raises :class:`~pyfile.runtime.errors.PyfileError`; :func:`main` alone turns
+errors into one line on stderr and an exit status (2 for usage, 1 otherwise, 130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+import click
+
+from . import __version__
+from .runtime.errors import PyfileError
+
+BAR_THRESHOLD = 64 << 20
+
+
+class _Bar:
+    """click's progress bar on stderr, only for big inputs and only on a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if total >= BAR_THRESHOLD and sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr,
+                                         show_eta=True, show_percent=True)
+            self.bar.__enter__()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyfile")
+def cli() -> None:
+    """Turn a GGUF language model into one executable file.
+
+    The file is a POSIX shell script and a zip archive at once: copy it anywhere,
+    chmod +x, run it.
+    """
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.argument("extra", nargs=-1, type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The pyfile to write (replaced atomically).")
+@click.option("--args", "args_text", default="", metavar="TEXT",
+              help="Baked arguments (.args syntax; '...' marks where the user's go).")
+@click.option("--args-file", type=click.File("r"), default=None,
+              help="Read the baked arguments from a file.")
+@click.option("--align", default=4096, show_default=True, type=int,
+              help="Align model data to this many bytes (16384/65536 for large pages).")
+def build(model: str, extra: List[str], output: str, args_text: str,
+          args_file: Any, align: int) -> None:
+    """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
+    from .builder import build as do_build
+    if args_file is not None:
+        args_text = args_file.read()
+    bar = _Bar("building")
+    try:
+        result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
+                          on_start=bar.start)
+    finally:
+        bar.finish()
+    click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(file: str, as_json: bool) -> None:
+    """Describe a .pyfile or a .gguf without running anything from it."""
+    from .inspector import describe, format_text
+    info = describe(file)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        click.echo(format_text(info), nl=False)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+def verify(file: str) -> None:
+    """Check every member's CRC-32 and SHA-256, the offsets and the alignment."""
+    from .runtime.archive import Archive
+    from .runtime.errors import VerifyError
+    bar = _Bar("verifying")
+    with Archive.open(file) as arch:
+        bar.start(sum(m.size for m in arch.members.values()))
+        try:
+            problems = arch.verify(progress=bar.update)
+        finally:
+            bar.finish()
+        count = len(arch.members)
+    if problems:
+        for p in problems[:-1]:
+            click.echo(f"pyfile: {file}: {p}", err=True)
+        raise VerifyError(f"{file}: {problems[-1]}")
+    click.echo(f"pyfile: {file}: OK ({count} members)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--set", "new_args", default=None, metavar="TEXT",
+              help="Replace the baked arguments in place (the weights are not rewritten).")
+def args(file: str, new_args: Optional[str]) -> None:
+    """Print FILE's baked arguments, or replace them with --set."""
+    if new_args is not None:
+        from .editor import set_args
+        set_args(file, new_args)
+        click.echo(f"pyfile: {file}: arguments replaced", err=True)
+        return
+    from .runtime.archive import Archive
+    with Archive.open(file) as arch:
+        click.echo(arch.args_text(), nl=False)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.argument("extra", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--align", default=4096, show_default=True, type=int,
+              help="Align the new members' data to this many bytes.")
+def add(file: str, extra: List[str], align: int) -> None:
+    """Append EXTRA files (another model, an mmproj, a prompt) to FILE in place."""
+    from .editor import add_files
+    bar = _Bar("adding")
+    try:
+        bar.start(sum(os.path.getsize(p) for p in extra if os.path.isfile(p)))
+        add_files(file, list(extra), align, progress=bar.update)
+    finally:
+        bar.finish()
+    click.echo(f"pyfile: {file}: added {len(extra)} file(s)", err=True)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: run the click group, turning errors into one line + exit code."""
+    try:
+        cli.main(args=argv, prog_name="pyfile", standalone_mode=False)
+    except PyfileError as e:
+        _fail(str(e), e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:  # a bug: one line, unless PYFILE_DEBUG asks for the traceback
+        if os.environ.get("PYFILE_DEBUG"):
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (set PYFILE_DEBUG=1 for details)", 1)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"pyfile: {' '.join(message.split())}", err=True)
+    sys.exit(code)

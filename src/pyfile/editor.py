@@ -1,0 +1,109 @@
+"""Edit a pyfile in place without rewriting the weights: ``args --set`` and ``add``.
+
+New members, a new manifest and a new central directory are appended after the current
+end of the file; the old ``.args``/manifest bytes stay behind as dead space (llamafile's
+zipalign works the same way). The cost is O(new data), not O(model size). If anything
+fails, even Ctrl-C, the file is truncated back to its old length, which is the old,
+valid archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Dict, List, Optional
+
+from . import manifest
+from .builder import DEFAULT_ALIGN, check_align, open_source, source_date_epoch
+from .runtime import argsfile
+from .runtime.archive import ARGS_NAME, MANIFEST_NAME, Archive
+from .runtime.errors import InputError, UsageError
+from .zipwriter import Entry, ZipWriter
+
+Progress = Optional[Callable[[int], None]]
+
+
+def _existing_entries(arch: Archive, drop: set) -> List[Entry]:
+    out = []
+    for info in arch.zf.infolist():
+        if info.filename in drop:
+            continue
+        m = arch.members[info.filename]
+        y, mo, d, h, mi, s = info.date_time
+        out.append(Entry(info.filename, m.header_offset, m.offset, m.compressed_size, m.size,
+                         m.crc32, m.method, (h << 11) | (mi << 5) | (s // 2),
+                         ((y - 1980) << 9) | (mo << 5) | d, _sha(arch, info.filename),
+                         (info.external_attr >> 16) & 0o7777 or 0o644))
+    return out
+
+
+def _sha(arch: Archive, name: str) -> str:
+    entry = arch.manifest_entry(name)
+    return entry.get("sha256", "") if entry else ""
+
+
+def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
+            progress: Progress) -> None:
+    with Archive.open(path) as arch:
+        old_records = [r for r in arch.manifest.get("members", [])
+                       if r["name"] not in replace]
+        models = dict(arch.manifest.get("models", {}))
+        default = arch.default_model
+        existing = _existing_entries(arch, set(replace) | {MANIFEST_NAME})
+        end = arch.file_size
+    epoch = source_date_epoch()
+    workdir = os.path.dirname(os.path.abspath(path))
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(open_source(p, workdir, want_gguf=False)) for p in add]
+        taken = {e.name for e in existing} | set(replace) | {MANIFEST_NAME}
+        for src in sources:
+            if src.name in taken:
+                raise UsageError(f"{path} already holds a member named {src.name!r}")
+            taken.add(src.name)
+        try:
+            f = open(path, "r+b")
+        except OSError as e:
+            raise InputError(f"{path}: cannot open for writing: {e.strerror or e}") from None
+        with f:
+            try:
+                f.seek(end)
+                w = ZipWriter(f, epoch=epoch, existing=existing)
+                records = list(old_records)
+                for name, data in replace.items():
+                    records.append(manifest.member_record(
+                        w.add_bytes(name, data, compress=False), "args"))
+                for src in sources:
+                    with open(src.file, "rb") as inp:
+                        inp.seek(src.offset)
+                        entry = w.add_stream(src.name, inp, src.size, align=align,
+                                             progress=progress, origin=src.path)
+                    kind = "model" if src.info is not None else "file"
+                    records.append(manifest.member_record(entry, kind, align))
+                    if src.info is not None:
+                        models[src.name] = src.info.summary()
+                w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch))
+                w.close()
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException as e:
+                f.truncate(end)
+                if isinstance(e, OSError):
+                    raise InputError(f"{path}: write failed, file left unchanged: "
+                                     f"{e.strerror or e}") from None
+                raise
+
+
+def set_args(path: str, args_text: str) -> None:
+    """Replace the baked ``.args`` of ``path`` in place."""
+    argsfile.parse(args_text, env={})
+    _append(path, {ARGS_NAME: args_text.encode("utf-8")}, [], DEFAULT_ALIGN, None)
+
+
+def add_files(path: str, files: List[str], align: int = DEFAULT_ALIGN,
+              progress: Progress = None) -> None:
+    """Append ``files`` (a second model, an mmproj, a prompt file...) to ``path``."""
+    check_align(align)
+    if not files:
+        raise UsageError("nothing to add")
+    _append(path, {}, files, align, progress)
+

@@ -1,0 +1,279 @@
+"""Reading a pyfile: the zip structure, the manifest, member offsets, and verification.
+
+Standard library only; ``zipfile`` reads ZIP64 and tolerates the shell stub in front on
+every Python we support. Nothing here executes or imports anything from the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
+
+from .. import FORMAT_VERSION
+from .errors import ArchiveError, VerifyError
+
+MANIFEST_NAME = ".pyfile/manifest.json"
+ARGS_NAME = ".args"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_SMALL_MEMBER = 64 << 20
+MAX_MEMBERS = 100_000
+LOCAL_SIG = b"PK\x03\x04"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member as found in the zip, with the offset of its first data byte."""
+
+    name: str
+    header_offset: int
+    offset: int
+    size: int
+    compressed_size: int
+    method: int
+    crc32: int
+
+    @property
+    def stored(self) -> bool:
+        return self.method == zipfile.ZIP_STORED
+
+
+class Archive:
+    """An open pyfile. Use :meth:`open`; close it (or use ``with``) when done."""
+
+    def __init__(self, path: str, fp: BinaryIO, zf: zipfile.ZipFile, file_size: int) -> None:
+        self.path = path
+        self.fp = fp
+        self.zf = zf
+        self.file_size = file_size
+        self.members: Dict[str, Member] = {}
+        self.manifest: Dict[str, Any] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, require_manifest: bool = True) -> "Archive":
+        try:
+            fp = open(path, "rb")
+        except OSError as e:
+            raise ArchiveError(f"{path}: cannot open: {e.strerror or e}") from None
+        try:
+            size = os.fstat(fp.fileno()).st_size
+            try:
+                zf = zipfile.ZipFile(fp)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError,
+                    struct.error, OSError) as e:
+                raise ArchiveError(f"{path}: not a pyfile, or damaged or truncated "
+                                   f"(no readable zip directory: {e})") from None
+            self = cls(path, fp, zf, size)
+            self._scan()
+            if require_manifest or MANIFEST_NAME in self.members:
+                self._load_manifest()
+            return self
+        except BaseException:
+            fp.close()
+            raise
+
+    def _scan(self) -> None:
+        infos = self.zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ArchiveError(f"{self.path}: {len(infos)} members is more than we accept")
+        spans = []
+        for info in infos:
+            name = info.filename
+            if name in self.members:
+                raise ArchiveError(f"{self.path}: duplicate member {name!r}")
+            if (not name or name.startswith("/") or "\\" in name or "\0" in name
+                    or ".." in name.split("/")):
+                raise ArchiveError(f"{self.path}: unsafe member name {name!r}")
+            end_of_header = info.header_offset + 30
+            if end_of_header > self.file_size:
+                raise ArchiveError(f"{self.path}: truncated: member {name!r} starts past the "
+                                   f"end of the file")
+            self.fp.seek(info.header_offset)
+            header = self.fp.read(30)
+            if len(header) < 30 or header[:4] != LOCAL_SIG:
+                raise ArchiveError(f"{self.path}: damaged: no local header for {name!r} "
+                                   f"at offset {info.header_offset}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            offset = info.header_offset + 30 + name_len + extra_len
+            end = offset + info.compress_size
+            if end > self.file_size:
+                raise ArchiveError(f"{self.path}: truncated: member {name!r} needs {end} bytes, "
+                                   f"the file has {self.file_size}")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ArchiveError(f"{self.path}: member {name!r} uses unsupported "
+                                   f"compression method {info.compress_type}")
+            self.members[name] = Member(name, info.header_offset, offset, info.file_size,
+                                        info.compress_size, info.compress_type, info.CRC)
+            spans.append((info.header_offset, end, name))
+        spans.sort()
+        for (s1, e1, n1), (s2, _e2, n2) in zip(spans, spans[1:]):
+            if s2 < e1:
+                raise ArchiveError(f"{self.path}: damaged: members {n1!r} and {n2!r} overlap")
+
+    def _load_manifest(self) -> None:
+        if MANIFEST_NAME not in self.members:
+            raise ArchiveError(f"{self.path}: not a pyfile (a zip without {MANIFEST_NAME})")
+        try:
+            data = json.loads(self.read(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ArchiveError(f"{self.path}: damaged manifest: {e}") from None
+        self.manifest = check_manifest(data, self.path)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, name: str, limit: int = MAX_SMALL_MEMBER) -> bytes:
+        """A small member's bytes (CRC-checked by zipfile)."""
+        m = self.member(name)
+        if m.size > limit:
+            raise ArchiveError(f"{self.path}: member {name!r} is {m.size} bytes, "
+                               f"more than the {limit} expected")
+        try:
+            with self.zf.open(name) as f:
+                data = f.read(limit + 1)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+            raise ArchiveError(f"{self.path}: damaged member {name!r}: {e}") from None
+        if len(data) != m.size:
+            raise ArchiveError(f"{self.path}: damaged member {name!r}: size mismatch")
+        return data
+
+    def member(self, name: str) -> Member:
+        try:
+            return self.members[name]
+        except KeyError:
+            raise ArchiveError(f"{self.path}: no member named {name!r}") from None
+
+    def args_text(self) -> str:
+        if ARGS_NAME not in self.members:
+            return ""
+        try:
+            return self.read(ARGS_NAME, limit=1 << 20).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"{self.path}: .args is not UTF-8 text") from None
+
+    @property
+    def default_model(self) -> Optional[str]:
+        return self.manifest.get("default_model")
+
+    def manifest_entry(self, name: str) -> Optional[Dict[str, Any]]:
+        for entry in self.manifest.get("members", []):
+            if entry["name"] == name:
+                return entry
+        return None
+
+    # -- verification -------------------------------------------------------------------------
+
+    def verify(self, progress: Optional[Callable[[int], None]] = None) -> List[str]:
+        """Check every manifest member's CRC-32, SHA-256, offset and alignment.
+
+        Returns the problems found (empty when the file is intact).
+        """
+        problems: List[str] = []
+        listed = {e["name"] for e in self.manifest.get("members", [])}
+        for name in self.members:
+            if name not in listed and name != MANIFEST_NAME:
+                problems.append(f"member {name!r} is not listed in the manifest")
+        for entry in self.manifest.get("members", []):
+            name = entry["name"]
+            m = self.members.get(name)
+            if m is None:
+                problems.append(f"member {name!r} is listed in the manifest but missing")
+                continue
+            if entry.get("size") != m.size:
+                problems.append(f"{name}: size {m.size} differs from the manifest's "
+                                f"{entry.get('size')}")
+                continue
+            if m.stored and entry.get("offset") != m.offset:
+                problems.append(f"{name}: data at offset {m.offset}, manifest says "
+                                f"{entry.get('offset')}")
+            align = entry.get("align", 1)
+            if align > 1 and m.offset % align:
+                problems.append(f"{name}: data offset {m.offset} is not {align}-byte aligned")
+            crc, sha = self._digest(m, progress)
+            if crc != m.crc32:
+                problems.append(f"{name}: CRC-32 mismatch (data {crc:08x}, zip {m.crc32:08x})")
+            if sha != entry.get("sha256"):
+                problems.append(f"{name}: SHA-256 mismatch")
+        return problems
+
+    def _digest(self, m: Member, progress: Optional[Callable[[int], None]]) -> "tuple[int, str]":
+        crc, sha = 0, hashlib.sha256()
+        try:
+            if m.stored:
+                self.fp.seek(m.offset)
+                left = m.size
+                while left:
+                    chunk = self.fp.read(min(CHUNK, left))
+                    if not chunk:
+                        break
+                    crc = zlib.crc32(chunk, crc)
+                    sha.update(chunk)
+                    left -= len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            else:
+                data = zlib.decompressobj(-15)
+                self.fp.seek(m.offset)
+                raw = self.fp.read(m.compressed_size)
+                chunk = data.decompress(raw, m.size + 1)
+                crc = zlib.crc32(chunk)
+                sha.update(chunk)
+                if progress:
+                    progress(m.size)
+        except (OSError, zlib.error) as e:
+            raise VerifyError(f"{self.path}: cannot read member {m.name!r}: {e}") from None
+        return crc, sha.hexdigest()
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.zf.close()
+        self.fp.close()
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_manifest(data: Any, origin: str) -> Dict[str, Any]:
+    """Validate the manifest's shape; raise :class:`ArchiveError` on anything unexpected."""
+    def bad(why: str) -> ArchiveError:
+        return ArchiveError(f"{origin}: damaged manifest: {why}")
+
+    if not isinstance(data, dict):
+        raise bad("not a JSON object")
+    fmt = data.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise bad("no format version")
+    if fmt > FORMAT_VERSION:
+        raise ArchiveError(f"{origin}: made by a newer pyfile (format {fmt}); "
+                           f"this one reads format {FORMAT_VERSION}: upgrade pyfile")
+    members = data.get("members")
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise bad("'members' must be a list")
+    seen = set()
+    for m in members:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+            raise bad("a member without a name")
+        for key in ("size", "offset", "align"):
+            v = m.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(f"member {m['name']!r} has a bad {key!r}")
+        if not isinstance(m.get("sha256", ""), str) or m["name"] in seen:
+            raise bad(f"member {m['name']!r} is malformed or listed twice")
+        seen.add(m["name"])
+    default = data.get("default_model")
+    if default is not None and (not isinstance(default, str) or default not in seen):
+        raise bad("default_model does not name a member")
+    if not isinstance(data.get("models", {}), dict):
+        raise bad("'models' must be an object")
+    return data

@@ -1,0 +1,257 @@
+"""CPU variants of the engine (ggml's dynamically loaded CPU backends), chosen safely.
+
+ggml ships one ``libggml-cpu-<variant>.so`` per x86-64 microarchitecture level and scores
+each against CPUID. Its top pick can still die with SIGILL (the AMX variant does on hosts
+whose hypervisor hides AMX state), so the first time a variant is used on a machine, a
+child process runs the real model's first computation with it. A crash there marks the
+variant bad and the next one is tried; the verdict is remembered in the cache, keyed by
+CPU, engine build, variant and model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import BackendError
+
+PROBE_TIMEOUT = 300
+
+#: What each variant adds, for the one-line report.
+VARIANT_FEATURES = {
+    "x64": "baseline x86-64", "sse42": "SSE4.2", "sandybridge": "AVX", "ivybridge": "AVX+F16C",
+    "piledriver": "AVX+FMA", "haswell": "AVX2", "skylakex": "AVX-512",
+    "cannonlake": "AVX-512 VBMI", "cascadelake": "AVX-512 VNNI",
+    "icelake": "AVX-512 VBMI+VNNI", "cooperlake": "AVX-512 BF16", "zen4": "AVX-512 BF16+VBMI",
+    "alderlake": "AVX-VNNI", "sapphirerapids": "AMX",
+}
+
+# Runs in a child process: load one variant, load the model from its offset, decode a batch.
+PROBE = r"""
+import ctypes, os, sys
+variant, path, offset, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+from llama_cpp import llama_cpp as L
+_quiet = L.llama_log_callback(lambda level, text, user: None)
+L.llama_log_set(_quiet, None)
+if variant != "builtin":
+    ggml = ctypes.CDLL("libggml.so.0")
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    if not ggml.ggml_backend_load(variant.encode()):
+        sys.exit(3)
+libc = ctypes.CDLL(None)
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+libc.fclose.argtypes = [ctypes.c_void_p]
+fp = libc.fdopen(os.open(path, os.O_RDONLY), b"rb")
+libc.fseeko(fp, offset, 0)
+mp = L.llama_model_default_params()
+mp.n_gpu_layers = 0
+mp.use_extra_bufts = extra
+model = L.llama_model_load_from_file_ptr(fp, mp)
+libc.fclose(fp)
+if not model:
+    sys.exit(4)
+cp = L.llama_context_default_params()
+cp.n_ctx, cp.n_batch, cp.n_ubatch = 64, 64, 64
+cp.n_threads = cp.n_threads_batch = 2
+ctx = L.llama_init_from_model(model, cp)
+if not ctx:
+    sys.exit(5)
+n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+n = 16
+tokens = (L.llama_token * n)(*[(7 * i + 1) % n_vocab for i in range(n)])
+sys.exit(0 if L.llama_decode(ctx, L.llama_batch_get_one(tokens, n)) == 0 else 6)
+"""
+
+
+@dataclass
+class Candidate:
+    variant: str  # "builtin" when the engine was not built with loadable CPU variants
+    path: Optional[str]
+    score: int
+    extra_bufts: bool = True
+
+    @property
+    def label(self) -> str:
+        feats = VARIANT_FEATURES.get(self.variant)
+        name = "built-in CPU backend" if self.variant == "builtin" else f"{self.variant} variant"
+        return f"{name}, {feats}" if feats else name
+
+
+def variant_dirs(llama_cpp_module: Any) -> List[str]:
+    """Where loadable CPU variants may live for this llama_cpp install."""
+    pkg = os.path.dirname(os.path.abspath(llama_cpp_module.__file__))
+    dirs = []
+    override = os.environ.get("PYFILE_BACKEND_DIR")
+    if override:
+        dirs.append(override)
+    lib_path = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if lib_path:
+        dirs.append(lib_path)
+    dirs += [os.path.join(pkg, "lib"), os.path.join(os.path.dirname(pkg), "bin")]
+    return dirs
+
+
+def find_variants(dirs: List[str]) -> Dict[str, str]:
+    found: Dict[str, str] = {}
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "libggml-cpu-*.so"))):
+            name = os.path.basename(path)[len("libggml-cpu-"):-len(".so")]
+            found.setdefault(name, path)
+    return found
+
+
+def score(path: str) -> int:
+    """ggml's own CPUID score for a variant (0 = this CPU lacks what it needs)."""
+    try:
+        lib = ctypes.CDLL(path)
+        fn = lib.ggml_backend_score
+    except (OSError, AttributeError):
+        return 0
+    fn.restype = ctypes.c_int
+    fn.argtypes = []
+    return int(fn())
+
+
+def candidates(llama_cpp_module: Any) -> List[Candidate]:
+    """Runnable CPU candidates, best first."""
+    forced = os.environ.get("PYFILE_CPU_VARIANT")
+    variants = find_variants(variant_dirs(llama_cpp_module))
+    if not variants:
+        return [Candidate("builtin", None, 1, True), Candidate("builtin", None, 1, False)]
+    if forced:
+        if forced not in variants:
+            raise BackendError(f"PYFILE_CPU_VARIANT={forced}: no such CPU variant "
+                               f"(have: {', '.join(sorted(variants))})")
+        return [Candidate(forced, variants[forced], 1)]
+    scored = [Candidate(name, path, score(path)) for name, path in variants.items()]
+    ranked = sorted((c for c in scored if c.score > 0), key=lambda c: -c.score)
+    if not ranked:
+        raise BackendError("none of the engine's CPU variants can run on this CPU")
+    return ranked
+
+
+# -- verdict cache ---------------------------------------------------------------------------
+
+def cache_dir() -> str:
+    base = os.environ.get("PYFILE_CACHE_DIR")
+    if base:
+        return base
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pyfile")
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f.read(1 << 20).splitlines()
+                     if ln.startswith(("model name", "flags", "vendor_id"))]
+    except OSError:
+        lines = []
+    import platform
+    return "\n".join(sorted(set(lines))) + platform.machine()
+
+
+def verdict_key(c: Candidate, model_name: str, model_size: int, engine: str) -> str:
+    try:
+        st = os.stat(c.path) if c.path else None
+        lib = f"{st.st_size}:{int(st.st_mtime)}" if st else "builtin"
+    except OSError:
+        lib = "missing"
+    raw = "|".join([_cpu_signature(), engine, c.variant, lib, str(c.extra_bufts),
+                    model_name, str(model_size)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class Verdicts:
+    """A small JSON file of probe results; unwritable caches degrade to memory only."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or os.path.join(cache_dir(), "cpu-verdicts.json")
+        self.data: Dict[str, Dict[str, Any]] = {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            if isinstance(data, dict):
+                self.data = {k: v for k, v in data.items() if isinstance(v, dict)}
+        except (OSError, ValueError):
+            pass
+
+    def get(self, key: str) -> Optional[Dict[str, Any]]:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Dict[str, Any]) -> None:
+        self.data[key] = value
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".verdicts.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only or full cache only costs a probe next time
+
+
+def probe(c: Candidate, path: str, offset: int) -> Tuple[bool, str]:
+    """Run the model's first computation with ``c`` in a child process."""
+    cmd = [sys.executable, "-c", PROBE, c.path or "builtin", path, str(offset),
+           "1" if c.extra_bufts else "0"]
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return True, "probe timed out (assumed usable)"
+    if r.returncode == 0:
+        return True, "ok"
+    if r.returncode < 0:
+        import signal
+        try:
+            name = signal.Signals(-r.returncode).name
+        except ValueError:
+            name = f"signal {-r.returncode}"
+        return False, f"crashed with {name}"
+    reasons = {3: "would not load", 4: "could not load the model", 5: "no context",
+               6: "decode failed"}
+    return False, reasons.get(r.returncode, f"exit {r.returncode}")
+
+
+def choose(llama_cpp_module: Any, model_path: str, offset: int, model_name: str,
+           model_size: int, engine_version: str, verdicts: Optional[Verdicts] = None
+           ) -> Tuple[Candidate, List[str]]:
+    """The best candidate that passes (or once passed) its probe, and notes on the rest."""
+    verdicts = verdicts or Verdicts()
+    notes: List[str] = []
+    for c in candidates(llama_cpp_module):
+        key = verdict_key(c, model_name, model_size, engine_version)
+        seen = verdicts.get(key)
+        if seen is None:
+            ok, why = probe(c, model_path, offset)
+            verdicts.put(key, {"ok": ok, "why": why, "variant": c.variant})
+        else:
+            ok, why = bool(seen.get("ok")), str(seen.get("why", ""))
+        if ok:
+            return c, notes
+        notes.append(f"{c.variant}{'' if c.extra_bufts else ' (no repack)'} {why}")
+    raise BackendError("no CPU variant of the engine can run this model here: "
+                       + "; ".join(notes))
+
+
+def load(c: Candidate) -> None:
+    """Register the chosen variant with ggml in this process."""
+    if c.path is None:
+        return
+    ggml = ctypes.CDLL("libggml.so.0")
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    if not ggml.ggml_backend_load(c.path.encode()):
+        raise BackendError(f"the {c.variant} CPU variant failed to load ({c.path})")

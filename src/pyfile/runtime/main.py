@@ -1,0 +1,145 @@
+"""What ``./model.pyfile ARGS`` does: expand ``.args``, pick a mode, load the model, run.
+
+Exit codes: 0 success, 2 usage error, 1 anything else, 130 interrupted. Errors are one
+line on stderr; ``PYFILE_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, List, Optional
+
+from .. import FORMAT_VERSION, __version__
+from . import argsfile, options
+from .archive import Archive
+from .engine import ModelSource
+from .errors import ArchiveError, InputError, PyfileError, UsageError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"pyfile: {message}\n")
+    sys.stderr.flush()
+
+
+def main(path: str, argv: List[str], zf: Any = None) -> int:
+    """Entry point used by the bootstrap and by ``__main__.py``."""
+    try:
+        return run(path, argv)
+    except PyfileError as e:
+        log(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except Exception as e:
+        if os.environ.get("PYFILE_DEBUG"):
+            raise
+        log(f"internal error: {type(e).__name__}: {e} (set PYFILE_DEBUG=1 for details)")
+        return 1
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def run(path: str, argv: List[str]) -> int:
+    with Archive.open(path) as arch:
+        baked = argsfile.parse(arch.args_text())
+        opts = options.parse(argsfile.merge(baked, argv), prog=os.path.basename(path))
+        if opts.help:
+            options.parser(os.path.basename(path)).print_help()
+            return 0
+        if opts.verify:
+            problems = arch.verify()
+            if problems:
+                raise ArchiveError(f"{path}: verification failed: {problems[0]}"
+                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                      else ""))
+            log(f"{path}: verified {len(arch.members)} members")
+        source = resolve_model(arch, opts.model)
+        if opts.version:
+            return print_version(arch, source)
+    mode = choose_mode(opts)
+    if mode == "server":
+        try:
+            from . import server
+        except ImportError:
+            raise UsageError("server mode is not available in this pyfile's runtime") from None
+        return server.serve(source, opts)
+    from . import modes
+    llm = modes.load(source, opts)
+    if mode == "chat":
+        return modes.chat(llm, opts)
+    return modes.complete(llm, opts)
+
+
+def choose_mode(opts: Any) -> str:
+    """Mode after ``.args`` expansion: explicit flags first, then what the situation implies."""
+    if opts.server:
+        return "server"
+    if opts.chat:
+        return "chat"
+    if opts.prompt is not None or opts.file is not None or opts.cli:
+        return "prompt"
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return "chat"
+    return "server"  # double-clicked: no terminal, no prompt
+
+
+def resolve_model(arch: Archive, name: Optional[str]) -> ModelSource:
+    """The GGUF to run: a member of this file, a .gguf on disk, or another pyfile's model."""
+    if name is None:
+        name = arch.default_model
+        if name is None:
+            raise InputError(f"{arch.path}: this pyfile holds no model; pass -m FILE.gguf")
+    if name in arch.members:
+        return _member_source(arch, name)
+    if os.path.isfile(name):
+        with open(name, "rb") as f:
+            head = f.read(4)
+        if head == GGUF_MAGIC:
+            return ModelSource(os.path.abspath(name), 0, os.path.getsize(name),
+                               os.path.basename(name))
+        with Archive.open(name) as other:
+            if other.default_model is None:
+                raise InputError(f"{name}: this pyfile holds no model")
+            return _member_source(other, other.default_model)
+    models = [m["name"] for m in arch.manifest.get("members", []) if m.get("kind") == "model"]
+    raise InputError(f"-m {name}: no such model in this file ({', '.join(models) or 'none'}) "
+                     f"and no such file")
+
+
+def _member_source(arch: Archive, name: str) -> ModelSource:
+    m = arch.member(name)
+    if not m.stored:
+        raise ArchiveError(f"{arch.path}: model {name!r} is compressed; it must be stored "
+                           f"to be mapped in place (rebuild it with pyfile build)")
+    arch.fp.seek(m.offset)
+    if arch.fp.read(4) != GGUF_MAGIC:
+        raise ArchiveError(f"{arch.path}: damaged pyfile: member {name!r} is not a GGUF")
+    return ModelSource(os.path.abspath(arch.path), m.offset, m.size, name)
+
+
+def print_version(arch: Archive, source: ModelSource) -> int:
+    try:
+        from importlib.metadata import version
+        engine = version("llama-cpp-python")
+    except Exception:
+        engine = "not installed"
+    summary = arch.manifest.get("models", {}).get(source.name, {})
+    print(f"pyfile {__version__} (format {FORMAT_VERSION}; built by "
+          f"{arch.manifest.get('tool')})")
+    print(f"llama-cpp-python {engine} (built with {arch.manifest.get('engine')})")
+    print(f"model {source.name}: {summary.get('name')} ({summary.get('architecture')}, "
+          f"{summary.get('quantization')})")
+    return 0
