@@ -213,7 +213,8 @@ class _Cursor:
         """A u64 count that the remaining bytes could actually hold."""
         n = self.u64(what)
         if n > self.remaining // max(1, min_item_bytes):
-            raise GGUFError(f"{self.origin}: {what} is {n}, more than the file could hold")
+            raise GGUFError(f"{self.origin}: {what} is {n}, more than the file could hold "
+                            f"(truncated or corrupt)")
         return n
 
     def string(self, what: str) -> str:

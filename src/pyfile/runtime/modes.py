@@ -107,10 +107,15 @@ def chat(llm: Any, opts: Any) -> int:
     if opts.system:
         messages.append({"role": "system", "content": opts.system})
     base = list(messages)
-    sys.stderr.write("pyfile: chat: type a message; /clear starts over; Ctrl-C stops an "
-                     "answer; Ctrl-D quits\n")
     params = sampling(opts)
     max_tokens = opts.n_predict if opts.n_predict > 0 else None
+    if opts.prompt is not None or opts.file:  # one question, answered with the chat template
+        text = opts.prompt if opts.prompt is not None else _read_text(opts.file, "-f")
+        messages.append({"role": "user", "content": text})
+        _answer(llm, messages, max_tokens, params)
+        return 0
+    sys.stderr.write("pyfile: chat: type a message; /clear starts over; Ctrl-C stops an "
+                     "answer; Ctrl-D quits\n")
     try:
         while True:
             try:
@@ -130,20 +135,8 @@ def chat(llm: Any, opts: Any) -> int:
                 messages = list(base)
                 continue
             messages.append({"role": "user", "content": line})
-            answer = []
-            try:
-                for chunk in llm.create_chat_completion(messages, stream=True,
-                                                        max_tokens=max_tokens, **params):
-                    delta = chunk["choices"][0].get("delta", {}).get("content")
-                    if delta:
-                        answer.append(delta)
-                        sys.stdout.write(delta)
-                        sys.stdout.flush()
-            except KeyboardInterrupt:
-                sys.stdout.write(" [stopped]")
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            messages.append({"role": "assistant", "content": "".join(answer)})
+            messages.append({"role": "assistant",
+                             "content": _answer(llm, messages, max_tokens, params)})
     finally:
         if readline is not None and history:
             try:
@@ -151,6 +144,25 @@ def chat(llm: Any, opts: Any) -> int:
                 readline.write_history_file(history)
             except OSError:
                 pass
+
+
+def _answer(llm: Any, messages: List[Dict[str, str]], max_tokens: Optional[int],
+            params: Dict[str, Any]) -> str:
+    """Stream one assistant reply to stdout; Ctrl-C stops it and keeps what was said."""
+    answer: List[str] = []
+    try:
+        for chunk in llm.create_chat_completion(messages, stream=True, max_tokens=max_tokens,
+                                                **params):
+            delta = chunk["choices"][0].get("delta", {}).get("content")
+            if delta:
+                answer.append(delta)
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(answer)
 
 
 def _history_file() -> Optional[str]:

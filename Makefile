@@ -1,0 +1,49 @@
+# pyfile — one executable file for a GGUF language model.
+# Quick start:  make demo   (set up, fetch SmolLM2, build smollm2.pyfile, ask it a question)
+#               make test   (the whole suite, slow end-to-end tests included)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pyfile-setup
+DEMO   := smollm2.pyfile
+
+.PHONY: setup tools model demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# The engine is compiled once per (version, CMake flags, Python) into a keyed wheelhouse
+# outside git (see scripts/build-engine.sh): pip's own cache would ignore CMAKE_ARGS.
+$(STAMP): pyproject.toml scripts/build-engine.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	house=$$(scripts/build-engine.sh $(PY)) && \
+	  $(PY) -m pip install --quiet "$$house"/llama_cpp_python-*.whl
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+tools:
+	@scripts/install-tools.sh
+
+model:
+	@scripts/fetch-model.sh $(PY) >/dev/null
+
+$(DEMO): setup model
+	$(VENV)/bin/pyfile build "$$(scripts/fetch-model.sh $(PY))" -o $(DEMO)
+
+demo: $(DEMO)
+	VIRTUAL_ENV=$(abspath $(VENV)) ./$(DEMO) --chat --temp 0 -n 64 \
+	  -p "What is the capital of France? Answer in one sentence."
+
+test: setup model tools
+	PYFILE_TEST_MODEL="$$(scripts/fetch-model.sh $(PY))" $(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup model
+	$(PY) bench/bench_build.py
+	$(PY) bench/bench_run.py "$$(scripts/fetch-model.sh $(PY))"
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache $(DEMO)

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Install the real tools the tests drive (zip checkers and shells) when they are missing.
+# Best effort: needs root and apt-get; otherwise it says what to install and goes on.
+missing=
+for pair in unzip:unzip 7z:p7zip-full zsh:zsh busybox:busybox dash:dash tmux:tmux; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+[ -n "$missing" ] || exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "pyfile: installing test tools:$missing" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+else
+    echo "pyfile: please install:$missing (tests that need them will fail)" >&2
+fi

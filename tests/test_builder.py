@@ -1,0 +1,168 @@
+"""End-to-end container tests on tiny generated GGUFs: real zip tools, alignment, determinism."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import need, pyfile_cli
+from ggufgen import write_tiny
+from pyfile.runtime.archive import Archive
+
+
+def build(src, out, *extra, args=None):
+    cmd = ["build", str(src), *map(str, extra), "-o", str(out)]
+    if args is not None:
+        cmd += ["--args", args]
+    r = pyfile_cli(*cmd)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_zip_tools_accept_it_without_warnings(tmp_path, tiny_gguf):
+    out = build(tiny_gguf, tmp_path / "t.pyfile")
+    need("unzip"), need("7z"), need("zipinfo")
+    r = subprocess.run(["unzip", "-t", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "No errors detected" in r.stdout, r.stdout + r.stderr
+    assert "extra bytes" not in r.stdout + r.stderr
+    r = subprocess.run(["zipinfo", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "warning" not in (r.stdout + r.stderr).lower()
+    r = subprocess.run(["7z", "t", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Everything is Ok" in r.stdout
+    assert "WARNING" not in r.stdout + r.stderr
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        assert zf.read("tiny.gguf") == tiny_gguf.read_bytes()
+
+
+def test_layout_stub_then_aligned_stored_model(tmp_path, tiny_gguf):
+    out = build(tiny_gguf, tmp_path / "t.pyfile")
+    data = out.read_bytes()
+    assert data.startswith(b"#!/bin/sh\n")
+    first_lines = data.split(b"\n")[:3]
+    assert all(b"\0" not in line for line in first_lines)
+    assert os.stat(out).st_mode & stat.S_IXUSR
+    with Archive.open(str(out)) as arch:
+        m = arch.member("tiny.gguf")
+        assert m.stored and m.offset % 4096 == 0
+        assert data[m.offset:m.offset + m.size] == tiny_gguf.read_bytes()
+        man = arch.manifest
+        assert man["default_model"] == "tiny.gguf"
+        entry = arch.manifest_entry("tiny.gguf")
+        assert entry["offset"] == m.offset and entry["align"] == 4096
+        assert entry["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+        assert man["models"]["tiny.gguf"]["name"] == "tiny"
+        names = set(arch.members)
+        assert {".args", "__main__.py", "pyfile/runtime/main.py", ".pyfile/manifest.json"} <= names
+
+
+@pytest.mark.parametrize("align", [16384, 65536])
+def test_align_option(tmp_path, tiny_gguf, align):
+    out = tmp_path / "t.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(out), "--align", str(align))
+    assert r.returncode == 0, r.stderr
+    with Archive.open(str(out)) as arch:
+        assert arch.member("tiny.gguf").offset % align == 0
+        assert arch.verify() == []
+
+
+def test_deterministic_and_source_date_epoch(tmp_path, tiny_gguf):
+    a = build(tiny_gguf, tmp_path / "a.pyfile", args="-n 5")
+    b = build(tiny_gguf, tmp_path / "b.pyfile", args="-n 5")
+    assert a.read_bytes() == b.read_bytes()
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    c = tmp_path / "c.pyfile"
+    r = subprocess.run([__import__("sys").executable, "-m", "pyfile", "build", str(tiny_gguf),
+                        "-o", str(c), "--args", "-n 5"], env=env, capture_output=True)
+    assert r.returncode == 0
+    assert c.read_bytes() != a.read_bytes()
+    with zipfile.ZipFile(c) as zf:
+        assert zf.getinfo("tiny.gguf").date_time[:3] == (2023, 11, 14)
+
+
+def test_inspect_text_and_json(tmp_path, tiny_gguf):
+    out = build(tiny_gguf, tmp_path / "t.pyfile", args="--temp 0 ...")
+    r = pyfile_cli("inspect", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "architecture    llama" in r.stdout and "baked args      --temp 0 ..." in r.stdout
+    assert "aligned 4096" in r.stdout
+    info = json.loads(pyfile_cli("inspect", str(out), "--json").stdout)
+    assert info["models"]["tiny.gguf"]["context_length"] == 256
+    assert info["args"] == "--temp 0 ..."
+    assert all(m["aligned"] for m in info["members"])
+    r = pyfile_cli("inspect", str(tiny_gguf), "--json")
+    assert json.loads(r.stdout)["model"]["tensor_count"] == 3
+
+
+def test_verify_ok_and_detects_corruption(tmp_path, tiny_gguf):
+    out = build(tiny_gguf, tmp_path / "t.pyfile")
+    r = pyfile_cli("verify", str(out))
+    assert r.returncode == 0 and "OK" in r.stdout
+    with Archive.open(str(out)) as arch:
+        off = arch.member("tiny.gguf").offset + 1000
+    data = bytearray(out.read_bytes())
+    data[off] ^= 0xFF
+    out.write_bytes(bytes(data))
+    r = pyfile_cli("verify", str(out))
+    assert r.returncode == 1
+    assert "SHA-256 mismatch" in r.stderr and "CRC-32 mismatch" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_zip_inputs_stored_deflate_and_deflate64(tmp_path, tiny_gguf):
+    need("7z")
+    stored = tmp_path / "stored.zip"
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        zf.write(tiny_gguf, "models/tiny.gguf")
+    deflated = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(tiny_gguf, "tiny.gguf")
+    d64 = tmp_path / "d64.zip"
+    r = subprocess.run(["7z", "a", "-tzip", "-mm=Deflate64", str(d64), str(tiny_gguf)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    with zipfile.ZipFile(d64) as zf:
+        assert zf.infolist()[0].compress_type == 9  # really Deflate64
+    for src in (stored, deflated, d64):
+        out = build(src, tmp_path / (src.stem + ".pyfile"))
+        with Archive.open(str(out)) as arch:
+            m = arch.member("tiny.gguf")
+            assert out.read_bytes()[m.offset:m.offset + m.size] == tiny_gguf.read_bytes()
+            assert arch.verify() == []
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".pyfile-extract")]
+
+
+def test_extra_files_and_second_model(tmp_path, tiny_gguf):
+    second = write_tiny(str(tmp_path / "second.gguf"), name="second", seed=1)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("hello")
+    out = build(tiny_gguf, tmp_path / "t.pyfile", second, prompt)
+    with Archive.open(str(out)) as arch:
+        assert arch.member("second.gguf").offset % 4096 == 0
+        assert arch.read("prompt.txt") == b"hello"
+        assert set(arch.manifest["models"]) == {"tiny.gguf", "second.gguf"}
+        assert arch.verify() == []
+
+
+@pytest.mark.slow
+def test_zip64_for_a_model_over_4_gib(tmp_path):
+    """A sparse 4.1 GiB GGUF: ZIP64 records, still clean for unzip, 7z and zipfile."""
+    need("unzip"), need("7z")
+    src = write_tiny(str(tmp_path / "big.gguf"), big_tensor=(4 << 30) + (64 << 20))
+    out = tmp_path / "big.pyfile"
+    r = pyfile_cli("build", src, "-o", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr
+    os.unlink(src)
+    assert subprocess.run(["unzip", "-tq", str(out)], capture_output=True).returncode == 0
+    r = subprocess.run(["7z", "t", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "WARNING" not in r.stdout
+    with Archive.open(str(out)) as arch:
+        m = arch.member("big.gguf")
+        assert m.size > 2 ** 32 and m.offset % 4096 == 0
+        assert arch.manifest_entry("big.gguf")["size"] == m.size
+    r = pyfile_cli("inspect", str(out), "--json")
+    assert json.loads(r.stdout)["models"]["big.gguf"]["tensor_count"] == 4
