@@ -19,7 +19,9 @@ def load(source: ModelSource, opts: Any) -> Any:
     backends.report(sel)
     n_gpu_layers = sel.n_gpu_layers if opts.n_gpu_layers is None else opts.n_gpu_layers
     kwargs: Dict[str, Any] = dict(
-        n_ctx=opts.ctx_size, n_batch=opts.batch_size, n_gpu_layers=n_gpu_layers,
+        # llama.cpp pads the context to 256 tokens while llama-cpp-python sizes its token
+        # buffer by the requested n_ctx; asking for less than 256 makes them disagree.
+        n_ctx=max(opts.ctx_size, 256) if opts.ctx_size else 0, n_batch=opts.batch_size, n_gpu_layers=n_gpu_layers,
         use_mmap=not opts.no_mmap and source.offset % 32 == 0, verbose=opts.verbose,
         seed=opts.seed if opts.seed >= 0 else 0xFFFFFFFF,
         use_extra_bufts=sel.extra_bufts,
