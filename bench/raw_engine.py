@@ -22,7 +22,7 @@ if variant != "builtin":
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
     assert ggml.ggml_backend_load(path.encode())
-llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_batch=512, verbose=False)
+llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_batch=512, verbose="-v" in sys.argv)
 if "--chat" in sys.argv:
     out = llm.create_chat_completion([{"role": "user", "content": prompt}], temperature=0,
                                      max_tokens=n)
