@@ -49,7 +49,7 @@ def test_sigill_variant_is_skipped_and_remembered(tmp_path, smol_pyfile, crashin
     assert "skipped: fakeamx crashed with SIGILL" in first.stderr
     assert re.search(r"backend cpu \(\w+ variant", first.stderr)
     assert marker.read_text() == "x"  # probed once, in a child
-    verdicts = json.loads((cache / "cpu-verdicts.json").read_text())
+    verdicts = json.loads((cache / "verdicts.json").read_text())
     assert {v["variant"]: v["ok"] for v in verdicts.values()}["fakeamx"] is False
 
     second = run_file(smol_pyfile, *PARIS, env=env)

@@ -24,6 +24,8 @@ GGUF_MAGIC_BYTES = b"GGUF"
 ZIP_MAGIC_BYTES = b"PK\x03\x04"
 
 Progress = Optional[Callable[[int], None]]
+#: GPU variants that can be packed, and the library each must contain.
+VARIANT_KINDS = {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so"}
 
 
 @dataclass
@@ -158,9 +160,38 @@ def _check_output(output: str, inputs: List[str]) -> None:
             raise UsageError(f"{output}: the output would overwrite the input {p}")
 
 
+def read_variants(specs: List[str]) -> Dict[str, Tuple[str, List[str], Dict]]:
+    """``KIND=DIR`` options -> kind: (dir, library files, requirements from variant.json)."""
+    import json
+    out: Dict[str, Tuple[str, List[str], Dict]] = {}
+    for spec in specs:
+        kind, sep, folder = spec.partition("=")
+        if not sep or kind not in VARIANT_KINDS:
+            raise UsageError(f"--backend {spec!r}: expected KIND=DIR with KIND one of "
+                             f"{', '.join(VARIANT_KINDS)}")
+        if not os.path.isdir(folder):
+            raise InputError(f"--backend {spec}: {folder} is not a folder")
+        libs = sorted(n for n in os.listdir(folder)
+                      if (n.endswith(".so") or ".so." in n)
+                      and os.path.isfile(os.path.join(folder, n)))
+        if VARIANT_KINDS[kind] not in libs:
+            raise InputError(f"--backend {spec}: {folder} has no {VARIANT_KINDS[kind]}")
+        requires: Dict = {}
+        meta = os.path.join(folder, "variant.json")
+        if os.path.isfile(meta):
+            try:
+                with open(meta, encoding="utf-8") as f:
+                    requires = json.load(f)
+            except ValueError as e:
+                raise InputError(f"{meta}: not valid JSON: {e}") from None
+        out[kind] = (folder, libs, requires if isinstance(requires, dict) else {})
+    return out
+
+
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
-          on_start: Optional[Callable[[int], None]] = None) -> BuildResult:
+          on_start: Optional[Callable[[int], None]] = None,
+          backends: List[str] = ()) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
     Everything is validated before the first byte is written; ``on_start`` receives the
@@ -169,6 +200,7 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
     check_align(align)
     argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
     epoch = source_date_epoch()
+    variants = read_variants(list(backends))
     _check_output(output, [model, *extras])
     workdir = os.path.dirname(os.path.abspath(output))
     with contextlib.ExitStack() as stack:
@@ -186,13 +218,15 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
-            entries = write_archive(f, sources, args_text, align, epoch, progress)
+            entries = write_archive(f, sources, args_text, align, epoch, progress, variants)
             size = f.tell()
     return BuildResult(output, size, entries)
 
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
-                  epoch: Optional[int], progress: Progress) -> List[Entry]:
+                  epoch: Optional[int], progress: Progress,
+                  variants: Optional[Dict[str, Tuple[str, List[str], Dict]]] = None
+                  ) -> List[Entry]:
     f.write(stub.render())
     w = ZipWriter(f, epoch=epoch)
     records: List[Dict] = []
@@ -212,7 +246,16 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         records.append(manifest.member_record(entry, kind, align))
         if src.info is not None:
             models[src.name] = src.info.summary()
+    packed: Dict[str, Dict] = {}
+    for kind, (folder, libs, requires) in sorted((variants or {}).items()):
+        members = []
+        for lib in libs:
+            name = f".pyfile/variants/{kind}/{lib}"
+            records.append(manifest.member_record(
+                w.add_bytes(name, _read(os.path.join(folder, lib)), level=6), "variant"))
+            members.append(name)
+        packed[kind] = {"members": members, "requires": requires}
     default = sources[0].name
-    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch))
+    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch, packed))
     w.close()
     return w.entries

@@ -63,8 +63,10 @@ def cli() -> None:
               help="Read the baked arguments from a file.")
 @click.option("--align", default=4096, show_default=True, type=int,
               help="Align model data to this many bytes (16384/65536 for large pages).")
+@click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
+              help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
 def build(model: str, extra: List[str], output: str, args_text: str,
-          args_file: Any, align: int) -> None:
+          args_file: Any, align: int, backends: List[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
     from .builder import build as do_build
     if args_file is not None:
@@ -72,7 +74,7 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     bar = _Bar("building")
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
-                          on_start=bar.start)
+                          on_start=bar.start, backends=list(backends))
     finally:
         bar.finish()
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)

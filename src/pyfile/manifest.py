@@ -31,7 +31,8 @@ def engine_version() -> Optional[str]:
 
 
 def render(members: Iterable[Dict[str, Any]], models: Dict[str, Dict[str, Any]],
-           default_model: Optional[str], epoch: Optional[int]) -> bytes:
+           default_model: Optional[str], epoch: Optional[int],
+           variants: Optional[Dict[str, Any]] = None) -> bytes:
     """Serialise deterministically (sorted keys, no timestamps unless SOURCE_DATE_EPOCH)."""
     data: Dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -40,6 +41,7 @@ def render(members: Iterable[Dict[str, Any]], models: Dict[str, Dict[str, Any]],
         "default_model": default_model,
         "members": list(members),
         "models": models,
+        "variants": variants or {},
     }
     if epoch is not None:
         data["source_date_epoch"] = epoch

@@ -108,12 +108,12 @@ class ZipWriter:
         return header_offset, header_offset + header_len, raw
 
     def add_bytes(self, name: str, data: bytes, *, compress: bool = True, align: int = 1,
-                  mode: int = 0o644) -> Entry:
+                  mode: int = 0o644, level: int = 9) -> Entry:
         """Add a small member held in memory (deflated unless that makes it bigger)."""
         crc = zlib.crc32(data)
         method, payload = STORED, data
         if compress and len(data) > 64:
-            c = zlib.compressobj(9, zlib.DEFLATED, -15)
+            c = zlib.compressobj(level, zlib.DEFLATED, -15)
             deflated = c.compress(data) + c.flush()
             if len(deflated) < len(data):
                 method, payload = DEFLATED, deflated

@@ -34,35 +34,38 @@ VARIANT_FEATURES = {
     "alderlake": "AVX-VNNI", "sapphirerapids": "AMX",
 }
 
-# Runs in a child process: load one variant, load the model from its offset, decode a batch.
+# Runs in a child process: load the backends, load the model from its offset, decode a batch.
 PROBE = r"""
-import ctypes, os, sys
-variant, path, offset, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+import ctypes, json, os, sys
+spec = json.loads(sys.argv[1])
 from llama_cpp import llama_cpp as L
 _quiet = L.llama_log_callback(lambda level, text, user: None)
 L.llama_log_set(_quiet, None)
-if variant != "builtin":
+for lib in spec["preload"]:
+    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+if spec["backends"]:
     ggml = ctypes.CDLL("libggml.so.0")
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-    if not ggml.ggml_backend_load(variant.encode()):
-        sys.exit(3)
+    for lib in spec["backends"]:
+        if not ggml.ggml_backend_load(lib.encode()):
+            sys.exit(3)
 libc = ctypes.CDLL(None)
 libc.fdopen.restype = ctypes.c_void_p
 libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
 libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
 libc.fclose.argtypes = [ctypes.c_void_p]
-fp = libc.fdopen(os.open(path, os.O_RDONLY), b"rb")
-libc.fseeko(fp, offset, 0)
+fp = libc.fdopen(os.open(spec["path"], os.O_RDONLY), b"rb")
+libc.fseeko(fp, spec["offset"], 0)
 mp = L.llama_model_default_params()
-mp.n_gpu_layers = 0
-mp.use_extra_bufts = extra
+mp.n_gpu_layers = spec["ngl"]
+mp.use_extra_bufts = spec["extra"]
 model = L.llama_model_load_from_file_ptr(fp, mp)
 libc.fclose(fp)
 if not model:
     sys.exit(4)
 cp = L.llama_context_default_params()
-cp.n_ctx, cp.n_batch, cp.n_ubatch = 64, 64, 64
+cp.n_ctx, cp.n_batch, cp.n_ubatch = 256, 64, 64
 cp.n_threads = cp.n_threads_batch = 2
 ctx = L.llama_init_from_model(model, cp)
 if not ctx:
@@ -162,14 +165,19 @@ def _cpu_signature() -> str:
     return "\n".join(sorted(set(lines))) + platform.machine()
 
 
-def verdict_key(c: Candidate, model_name: str, model_size: int, engine: str) -> str:
+def file_id(path: Optional[str]) -> str:
+    """Identity of a library file for verdict keys (size and mtime; 'builtin' for none)."""
+    if not path:
+        return "builtin"
     try:
-        st = os.stat(c.path) if c.path else None
-        lib = f"{st.st_size}:{int(st.st_mtime)}" if st else "builtin"
+        st = os.stat(path)
     except OSError:
-        lib = "missing"
-    raw = "|".join([_cpu_signature(), engine, c.variant, lib, str(c.extra_bufts),
-                    model_name, str(model_size)])
+        return "missing"
+    return f"{st.st_size}:{int(st.st_mtime)}"
+
+
+def verdict_key(*parts: str) -> str:
+    raw = "|".join([_cpu_signature(), *parts])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -177,7 +185,7 @@ class Verdicts:
     """A small JSON file of probe results; unwritable caches degrade to memory only."""
 
     def __init__(self, path: Optional[str] = None) -> None:
-        self.path = path or os.path.join(cache_dir(), "cpu-verdicts.json")
+        self.path = path or os.path.join(cache_dir(), "verdicts.json")
         self.data: Dict[str, Dict[str, Any]] = {}
         try:
             with open(self.path, encoding="utf-8") as f:
@@ -202,10 +210,9 @@ class Verdicts:
             pass  # a read-only or full cache only costs a probe next time
 
 
-def probe(c: Candidate, path: str, offset: int) -> Tuple[bool, str]:
-    """Run the model's first computation with ``c`` in a child process."""
-    cmd = [sys.executable, "-c", PROBE, c.path or "builtin", path, str(offset),
-           "1" if c.extra_bufts else "0"]
+def run_probe(spec: Dict[str, Any]) -> Tuple[bool, str]:
+    """Run the model's first computation in a child process with the given backends."""
+    cmd = [sys.executable, "-c", PROBE, json.dumps(spec)]
     try:
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=PROBE_TIMEOUT)
@@ -225,6 +232,11 @@ def probe(c: Candidate, path: str, offset: int) -> Tuple[bool, str]:
     return False, reasons.get(r.returncode, f"exit {r.returncode}")
 
 
+def probe(c: Candidate, path: str, offset: int) -> Tuple[bool, str]:
+    return run_probe({"preload": [], "backends": [c.path] if c.path else [], "path": path,
+                      "offset": offset, "extra": c.extra_bufts, "ngl": 0})
+
+
 def choose(llama_cpp_module: Any, model_path: str, offset: int, model_name: str,
            model_size: int, engine_version: str, verdicts: Optional[Verdicts] = None
            ) -> Tuple[Candidate, List[str]]:
@@ -232,7 +244,8 @@ def choose(llama_cpp_module: Any, model_path: str, offset: int, model_name: str,
     verdicts = verdicts or Verdicts()
     notes: List[str] = []
     for c in candidates(llama_cpp_module):
-        key = verdict_key(c, model_name, model_size, engine_version)
+        key = verdict_key(engine_version, c.variant, file_id(c.path), str(c.extra_bufts),
+                          model_name, str(model_size))
         seen = verdicts.get(key)
         if seen is None:
             ok, why = probe(c, model_path, offset)
@@ -246,12 +259,15 @@ def choose(llama_cpp_module: Any, model_path: str, offset: int, model_name: str,
                        + "; ".join(notes))
 
 
-def load(c: Candidate) -> None:
-    """Register the chosen variant with ggml in this process."""
-    if c.path is None:
-        return
+def load_backend(path: str) -> bool:
+    """Register a backend library (CPU variant, CUDA, ROCm) with ggml in this process."""
     ggml = ctypes.CDLL("libggml.so.0")
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-    if not ggml.ggml_backend_load(c.path.encode()):
+    return bool(ggml.ggml_backend_load(path.encode()))
+
+
+def load(c: Candidate) -> None:
+    """Register the chosen CPU variant with ggml in this process."""
+    if c.path is not None and not load_backend(c.path):
         raise BackendError(f"the {c.variant} CPU variant failed to load ({c.path})")

@@ -69,6 +69,7 @@ def run(path: str, argv: List[str]) -> int:
         source = resolve_model(arch, opts.model)
         if opts.version:
             return print_version(arch, source)
+        manifest = arch.manifest
     mode = choose_mode(opts)
     if mode == "server":
         try:
@@ -77,7 +78,7 @@ def run(path: str, argv: List[str]) -> int:
             raise UsageError("server mode is not available in this pyfile's runtime") from None
         return server.serve(source, opts)
     from . import modes
-    llm = modes.load(source, opts)
+    llm = modes.load(source, opts, manifest=manifest, archive_path=path)
     if mode == "chat":
         return modes.chat(llm, opts)
     return modes.complete(llm, opts)

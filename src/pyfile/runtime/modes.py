@@ -13,11 +13,16 @@ from .errors import InputError, UsageError
 MAX_PROMPT_FILE = 64 << 20
 
 
-def load(source: ModelSource, opts: Any) -> Any:
+def load(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = None,
+         archive_path: Optional[str] = None) -> Any:
     """Select the backend, then create the ``Llama`` with the weights mapped in place."""
-    sel = backends.select(source, opts.gpu, opts.verbose)
+    summary = ((manifest or {}).get("models") or {}).get(source.name) or {}
+    n_layers = summary.get("block_count")
+    sel = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
+                          archive_path=archive_path, n_gpu_layers=opts.n_gpu_layers,
+                          n_layers=n_layers)
     backends.report(sel)
-    n_gpu_layers = sel.n_gpu_layers if opts.n_gpu_layers is None else opts.n_gpu_layers
+    n_gpu_layers = sel.n_gpu_layers
     kwargs: Dict[str, Any] = dict(
         # llama.cpp pads the context to 256 tokens while llama-cpp-python sizes its token
         # buffer by the requested n_ctx; asking for less than 256 makes them disagree.

@@ -1,0 +1,124 @@
+"""A content-addressed cache for native files carried inside a pyfile (never the weights).
+
+Shared libraries cannot be loaded from inside a zip, so each set of them is extracted once
+to ``<cache>/<sha256 prefix>/``: into a sibling work folder under a lock, then renamed into
+place, so concurrent first runs never see a half-written folder. When the cache is not
+writable, a private temporary folder is used for this run instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import zlib
+from typing import Dict, Iterator, List, Tuple
+
+from .archive import Archive
+from .cpu import cache_dir
+from .errors import ArchiveError
+
+CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    import fcntl
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_member(arch: Archive, name: str, dest: str) -> None:
+    m = arch.member(name)
+    entry = arch.manifest_entry(name) or {}
+    sha = hashlib.sha256()
+    with open(dest, "wb") as out:
+        arch.fp.seek(m.offset)
+        if m.stored:
+            left = m.size
+            while left:
+                chunk = arch.fp.read(min(CHUNK, left))
+                if not chunk:
+                    raise ArchiveError(f"{arch.path}: truncated member {name!r}")
+                sha.update(chunk)
+                out.write(chunk)
+                left -= len(chunk)
+        else:
+            d = zlib.decompressobj(-15)
+            left = m.compressed_size
+            written = 0
+            while left:
+                raw = arch.fp.read(min(CHUNK, left))
+                if not raw:
+                    raise ArchiveError(f"{arch.path}: truncated member {name!r}")
+                left -= len(raw)
+                data = d.decompress(raw, m.size - written + 1)
+                written += len(data)
+                if written > m.size:
+                    raise ArchiveError(f"{arch.path}: member {name!r} inflates past its size")
+                sha.update(data)
+                out.write(data)
+    if entry.get("sha256") and sha.hexdigest() != entry["sha256"]:
+        raise ArchiveError(f"{arch.path}: member {name!r} is damaged (SHA-256 mismatch)")
+
+
+def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
+    """Extract ``(member, relative path)`` pairs; return the folder that holds them."""
+    digest = hashlib.sha256()
+    for member, rel in sorted(files):
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise ArchiveError(f"{arch.path}: unsafe path {rel!r}")
+        entry = arch.manifest_entry(member) or {}
+        digest.update(f"{rel}\0{entry.get('sha256', member)}\0".encode())
+    key = digest.hexdigest()[:24]
+    root = os.path.join(cache_dir(), "native")
+    target = os.path.join(root, key)
+    if os.path.isdir(target):
+        _touch(target)
+        return target
+    try:
+        os.makedirs(root, exist_ok=True)
+        with _locked(os.path.join(root, f".{key}.lock")):
+            if os.path.isdir(target):
+                return target
+            work = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
+            try:
+                _fill(arch, files, work)
+                os.rename(work, target)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        return target
+    except OSError:
+        # Read-only or full cache: extract privately for this run (removed at exit).
+        work = tempfile.mkdtemp(prefix="pyfile-native-")
+        import atexit
+        atexit.register(shutil.rmtree, work, True)
+        _fill(arch, files, work)
+        return work
+
+
+def _fill(arch: Archive, files: List[Tuple[str, str]], work: str) -> None:
+    for member, rel in files:
+        dest = os.path.join(work, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        _write_member(arch, member, dest)
+        if rel.endswith(".so") or ".so." in rel:
+            os.chmod(dest, 0o755)
+
+
+def _touch(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def variant_files(arch: Archive) -> Dict[str, Dict]:
+    """The manifest's GPU/CPU variants: kind -> {"members": [...], "requires": {...}}."""
+    v = arch.manifest.get("variants", {})
+    return v if isinstance(v, dict) else {}
