@@ -52,6 +52,12 @@ def _pyfile_boot():
             module.__file__ = path_in_archive(member)
             exec(code, module.__dict__)
 
+        def get_data(self, filename):
+            prefix = path + "/"
+            if not filename.startswith(prefix):
+                raise OSError("not in the archive: " + filename)
+            return zf.read(filename[len(prefix):])
+
     def path_in_archive(member):
         return path + "/" + member
 

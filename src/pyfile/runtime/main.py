@@ -14,7 +14,7 @@ from .. import FORMAT_VERSION, __version__
 from . import argsfile, options
 from .archive import Archive
 from .engine import ModelSource
-from .errors import ArchiveError, InputError, PyfileError, UsageError
+from .errors import ArchiveError, InputError, PyfileError
 
 GGUF_MAGIC = b"GGUF"
 
@@ -72,11 +72,8 @@ def run(path: str, argv: List[str]) -> int:
         manifest = arch.manifest
     mode = choose_mode(opts)
     if mode == "server":
-        try:
-            from . import server
-        except ImportError:
-            raise UsageError("server mode is not available in this pyfile's runtime") from None
-        return server.serve(source, opts)
+        from . import server
+        return server.serve(source, opts, manifest, path, open_browser=True)
     from . import modes
     llm = modes.load(source, opts, manifest=manifest, archive_path=path)
     if mode == "chat":

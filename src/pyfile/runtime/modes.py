@@ -13,27 +13,43 @@ from .errors import InputError, UsageError
 MAX_PROMPT_FILE = 64 << 20
 
 
+class Loader:
+    """Selects the backend once, then creates as many ``Llama`` instances as asked for.
+
+    Every instance maps the same weights from the pyfile, so on the CPU extra instances
+    (server slots) share the weights' memory and cost only their context.
+    """
+
+    def __init__(self, source: ModelSource, opts: Any,
+                 manifest: Optional[Dict[str, Any]] = None,
+                 archive_path: Optional[str] = None) -> None:
+        summary = ((manifest or {}).get("models") or {}).get(source.name) or {}
+        self.source = source
+        self.selection = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
+                                         archive_path=archive_path,
+                                         n_gpu_layers=opts.n_gpu_layers,
+                                         n_layers=summary.get("block_count"))
+        backends.report(self.selection)
+        self.kwargs: Dict[str, Any] = dict(
+            # llama.cpp pads the context to 256 tokens while llama-cpp-python sizes its token
+            # buffer by the requested n_ctx; asking for less than 256 makes them disagree.
+            n_ctx=max(opts.ctx_size, 256) if opts.ctx_size else 0, n_batch=opts.batch_size,
+            n_gpu_layers=self.selection.n_gpu_layers,
+            use_mmap=not opts.no_mmap and source.offset % 32 == 0, verbose=opts.verbose,
+            seed=opts.seed if opts.seed >= 0 else 0xFFFFFFFF,
+            use_extra_bufts=self.selection.extra_bufts,
+        )
+        if opts.threads:
+            self.kwargs["n_threads"] = self.kwargs["n_threads_batch"] = opts.threads
+
+    def new(self, **overrides: Any) -> Any:
+        return create_llama(self.source, **{**self.kwargs, **overrides})
+
+
 def load(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = None,
          archive_path: Optional[str] = None) -> Any:
     """Select the backend, then create the ``Llama`` with the weights mapped in place."""
-    summary = ((manifest or {}).get("models") or {}).get(source.name) or {}
-    n_layers = summary.get("block_count")
-    sel = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
-                          archive_path=archive_path, n_gpu_layers=opts.n_gpu_layers,
-                          n_layers=n_layers)
-    backends.report(sel)
-    n_gpu_layers = sel.n_gpu_layers
-    kwargs: Dict[str, Any] = dict(
-        # llama.cpp pads the context to 256 tokens while llama-cpp-python sizes its token
-        # buffer by the requested n_ctx; asking for less than 256 makes them disagree.
-        n_ctx=max(opts.ctx_size, 256) if opts.ctx_size else 0, n_batch=opts.batch_size, n_gpu_layers=n_gpu_layers,
-        use_mmap=not opts.no_mmap and source.offset % 32 == 0, verbose=opts.verbose,
-        seed=opts.seed if opts.seed >= 0 else 0xFFFFFFFF,
-        use_extra_bufts=sel.extra_bufts,
-    )
-    if opts.threads:
-        kwargs["n_threads"] = kwargs["n_threads_batch"] = opts.threads
-    return create_llama(source, **kwargs)
+    return Loader(source, opts, manifest, archive_path).new()
 
 
 def _grammar(opts: Any) -> Any:

@@ -94,7 +94,11 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--port", type=_positive_int, default=8080)
     g.add_argument("--nobrowser", action="store_true")
     g.add_argument("--api-key", default=None)
-    g.add_argument("--parallel", "-np", type=_positive_int, default=1, metavar="N")
+    g.add_argument("--parallel", "-np", type=_positive_int, default=1, metavar="N",
+                   help="requests served at once (one context each); more wait in line")
+    g.add_argument("--cors", action="store_true", help="allow cross-origin browser requests")
+    g.add_argument("--max-body", type=_positive_int, default=8 << 20, metavar="BYTES",
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -107,6 +111,8 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
         raise UsageError(f"--port must be 0..65535, got {ns.port}")
     if ns.prompt is not None and ns.file is not None:
         raise UsageError("give either -p/--prompt or -f/--file, not both")
+    if ns.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
     if ns.temp < 0:
         raise UsageError(f"--temp must be >= 0, got {ns.temp}")
     return ns
