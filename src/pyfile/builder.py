@@ -215,27 +215,42 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         if dupes:
             raise UsageError(f"two inputs share the member name {sorted(dupes)[0]!r}; "
                              f"rename one of them")
+        # Read every small input now, so that an OSError inside atomic_output can only be
+        # about writing the output.
+        fixed = Fixed(stub.render(), stub.main_source(), runtime_files(), {
+            kind: [(lib, _read(os.path.join(folder, lib))) for lib in libs]
+            for kind, (folder, libs, _) in variants.items()})
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
-            entries = write_archive(f, sources, args_text, align, epoch, progress, variants)
+            entries = write_archive(f, sources, args_text, align, epoch, progress, variants,
+                                    fixed)
             size = f.tell()
     return BuildResult(output, size, entries)
 
 
+@dataclass
+class Fixed:
+    """The small inputs of a build, read before the output is opened."""
+
+    stub: bytes
+    main: bytes
+    runtime: List[Tuple[str, bytes]]
+    variant_libs: Dict[str, List[Tuple[str, bytes]]]
+
+
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
                   epoch: Optional[int], progress: Progress,
-                  variants: Optional[Dict[str, Tuple[str, List[str], Dict]]] = None
+                  variants: Dict[str, Tuple[str, List[str], Dict]], fixed: Fixed
                   ) -> List[Entry]:
-    f.write(stub.render())
+    f.write(fixed.stub)
     w = ZipWriter(f, epoch=epoch)
     records: List[Dict] = []
     models: Dict[str, Dict] = {}
-    records.append(manifest.member_record(w.add_bytes("__main__.py", stub.main_source()),
-                                          "main"))
+    records.append(manifest.member_record(w.add_bytes("__main__.py", fixed.main), "main"))
     records.append(manifest.member_record(
         w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False), "args"))
-    for name, data in runtime_files():
+    for name, data in fixed.runtime:
         records.append(manifest.member_record(w.add_bytes(name, data), "runtime"))
     for src in sources:
         with open(src.file, "rb") as inp:
@@ -247,12 +262,11 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         if src.info is not None:
             models[src.name] = src.info.summary()
     packed: Dict[str, Dict] = {}
-    for kind, (folder, libs, requires) in sorted((variants or {}).items()):
+    for kind, (_folder, _libs, requires) in sorted(variants.items()):
         members = []
-        for lib in libs:
+        for lib, data in fixed.variant_libs[kind]:
             name = f".pyfile/variants/{kind}/{lib}"
-            records.append(manifest.member_record(
-                w.add_bytes(name, _read(os.path.join(folder, lib)), level=6), "variant"))
+            records.append(manifest.member_record(w.add_bytes(name, data, level=6), "variant"))
             members.append(name)
         packed[kind] = {"members": members, "requires": requires}
     default = sources[0].name

@@ -7,7 +7,9 @@ import re
 
 from . import __version__
 
-_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher")
+# In a source checkout (src/ on PYTHONPATH, not installed) the templates are in ../../launcher.
+_LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "launcher")
 
 
 def _read(name: str) -> str:
