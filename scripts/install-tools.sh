@@ -2,7 +2,7 @@
 # Install the real tools the tests drive (zip checkers and shells) when they are missing.
 # Best effort: needs root and apt-get; otherwise it says what to install and goes on.
 missing=
-for pair in unzip:unzip 7z:p7zip-full zsh:zsh busybox:busybox dash:dash tmux:tmux; do
+for pair in unzip:unzip 7z:p7zip-full zsh:zsh busybox:busybox dash:dash tmux:tmux cc:gcc chromium:chromium; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
