@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import gguf, manifest, stub
 from .atomic import atomic_output
@@ -191,7 +191,8 @@ def read_variants(specs: List[str]) -> Dict[str, Tuple[str, List[str], Dict]]:
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
-          backends: List[str] = ()) -> BuildResult:
+          backends: List[str] = (), slim: bool = False,
+          runtimes: List[str] = ()) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
     Everything is validated before the first byte is written; ``on_start`` receives the
@@ -217,9 +218,13 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
                              f"rename one of them")
         # Read every small input now, so that an OSError inside atomic_output can only be
         # about writing the output.
-        fixed = Fixed(stub.render(), stub.main_source(), runtime_files(), {
+        from . import bundle
+        bundles = [] if slim else [bundle.host_bundle()]
+        bundles += [bundle.wheels_bundle(d) for d in runtimes]
+        preferred = f"python{bundles[0].info['python']}" if bundles else ""
+        fixed = Fixed(stub.render(preferred), stub.main_source(), runtime_files(), {
             kind: [(lib, _read(os.path.join(folder, lib))) for lib in libs]
-            for kind, (folder, libs, _) in variants.items()})
+            for kind, (folder, libs, _) in variants.items()}, bundles)
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
@@ -237,6 +242,7 @@ class Fixed:
     main: bytes
     runtime: List[Tuple[str, bytes]]
     variant_libs: Dict[str, List[Tuple[str, bytes]]]
+    bundles: List[Any] = field(default_factory=list)
 
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
@@ -269,7 +275,17 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
             records.append(manifest.member_record(w.add_bytes(name, data, level=6), "variant"))
             members.append(name)
         packed[kind] = {"members": members, "requires": requires}
+    runtimes: List[Dict] = []
+    for b in fixed.bundles:
+        name = f".pyfile/runtime/{b.tag}.zip"
+        if any(r["member"] == name for r in runtimes):
+            raise UsageError(f"two runtimes for the same target {b.tag}")
+        with open(b.path, "rb") as inp:
+            entry = w.add_stream(name, inp, os.path.getsize(b.path), align=64)
+        records.append(manifest.member_record(entry, "runtime-bundle", 64))
+        runtimes.append(dict(b.info, tag=b.tag, member=name))
     default = sources[0].name
-    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch, packed))
+    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch, packed,
+                                               runtimes))
     w.close()
     return w.entries

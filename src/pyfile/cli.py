@@ -65,8 +65,13 @@ def cli() -> None:
               help="Align model data to this many bytes (16384/65536 for large pages).")
 @click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
               help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
+@click.option("--slim", is_flag=True,
+              help="Leave the runtime out: the target needs llama-cpp-python installed.")
+@click.option("--runtime", "runtimes", multiple=True, metavar="WHEELDIR",
+              help="Also carry a runtime built from a folder of wheels (another Python/platform).")
 def build(model: str, extra: List[str], output: str, args_text: str,
-          args_file: Any, align: int, backends: List[str]) -> None:
+          args_file: Any, align: int, backends: List[str], slim: bool,
+          runtimes: List[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
     from .builder import build as do_build
     if args_file is not None:
@@ -74,7 +79,8 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     bar = _Bar("building")
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
-                          on_start=bar.start, backends=list(backends))
+                          on_start=bar.start, backends=list(backends), slim=slim,
+                          runtimes=list(runtimes))
     finally:
         bar.finish()
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)

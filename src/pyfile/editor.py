@@ -49,6 +49,8 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
                        if r["name"] not in replace]
         models = dict(arch.manifest.get("models", {}))
         default = arch.default_model
+        variants = arch.manifest.get("variants") or {}
+        runtimes = arch.manifest.get("runtimes") or []
         existing = _existing_entries(arch, set(replace) | {MANIFEST_NAME})
         end = arch.file_size
     epoch = source_date_epoch()
@@ -81,7 +83,8 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
                     records.append(manifest.member_record(entry, kind, align))
                     if src.info is not None:
                         models[src.name] = src.info.summary()
-                w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch))
+                w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch,
+                                                           variants, runtimes))
                 w.close()
                 f.flush()
                 os.fsync(f.fileno())

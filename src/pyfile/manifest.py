@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from . import FORMAT_VERSION, __version__
 from .zipwriter import Entry
@@ -32,7 +32,8 @@ def engine_version() -> Optional[str]:
 
 def render(members: Iterable[Dict[str, Any]], models: Dict[str, Dict[str, Any]],
            default_model: Optional[str], epoch: Optional[int],
-           variants: Optional[Dict[str, Any]] = None) -> bytes:
+           variants: Optional[Dict[str, Any]] = None,
+           runtimes: Optional[List[Dict[str, Any]]] = None) -> bytes:
     """Serialise deterministically (sorted keys, no timestamps unless SOURCE_DATE_EPOCH)."""
     data: Dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -42,6 +43,7 @@ def render(members: Iterable[Dict[str, Any]], models: Dict[str, Dict[str, Any]],
         "members": list(members),
         "models": models,
         "variants": variants or {},
+        "runtimes": runtimes or [],
     }
     if epoch is not None:
         data["source_date_epoch"] = epoch

@@ -229,7 +229,10 @@ def run_probe(spec: Dict[str, Any]) -> Tuple[bool, str]:
         return False, f"crashed with {name}"
     reasons = {3: "would not load", 4: "could not load the model", 5: "no context",
                6: "decode failed"}
-    return False, reasons.get(r.returncode, f"exit {r.returncode}")
+    if r.returncode not in reasons:  # the probe itself broke: no verdict on the variant
+        tail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise BackendError(f"the backend probe failed to run (exit {r.returncode}: {tail[0]})")
+    return False, reasons[r.returncode]
 
 
 def probe(c: Candidate, path: str, offset: int) -> Tuple[bool, str]:

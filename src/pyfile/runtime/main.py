@@ -70,6 +70,8 @@ def run(path: str, argv: List[str]) -> int:
         if opts.version:
             return print_version(arch, source)
         manifest = arch.manifest
+        from .bundle import activate
+        activate(arch)  # the carried runtime, when it fits this interpreter
     mode = choose_mode(opts)
     if mode == "server":
         from . import server
