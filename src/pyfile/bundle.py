@@ -139,15 +139,24 @@ def _wheel_files(folder: str, scratch: str) -> Tuple[List[Tuple[str, str]], Dict
             info["abi"] = f"cpython-{abi[2:].rstrip('dmu')}"
             info["python"] = f"3.{abi[3:].rstrip('dmu')}"
         if plat != "any":
-            m = re.match(r"(many|musl)linux_(\d+)_(\d+)_(\w+)", plat.split(".")[0])
-            if m:
-                info["libc"] = "glibc" if m.group(1) == "many" else "musl"
-                info["libc_version"] = f"{m.group(2)}.{m.group(3)}"
-                info["machine"] = m.group(4)
-            elif plat.startswith("manylinux2014_"):
-                info.update(libc="glibc", libc_version="2.17", machine=plat.split("_", 1)[1])
-            elif plat.startswith("linux_"):
-                info.setdefault("machine", plat.split("_", 1)[1])
+            needs = []  # a wheel with several tags runs where its least demanding one does
+            for tag in plat.split("."):
+                m = re.match(r"(many|musl)linux_(\d+)_(\d+)_(\w+)$", tag)
+                if tag.startswith("manylinux2014_"):
+                    m = re.match(r"(many)linux(2014)()_(\w+)$", tag)
+                    needs.append((2, 17))
+                elif m:
+                    needs.append((int(m.group(2)), int(m.group(3))))
+                if m:
+                    info["libc"] = "glibc" if m.group(1) == "many" else "musl"
+                    info["machine"] = m.group(4)
+                elif tag.startswith("linux_"):
+                    info.setdefault("machine", tag.split("_", 1)[1])
+            if needs:
+                need = min(needs)
+                have = tuple(int(x) for x in str(info.get("libc_version", "0.0")).split("."))
+                if need > have:  # the strictest wheel decides
+                    info["libc_version"] = f"{need[0]}.{need[1]}"
         dest = os.path.join(scratch, w)
         with zipfile.ZipFile(os.path.join(folder, w)) as zf:
             for item in zf.infolist():
@@ -155,7 +164,8 @@ def _wheel_files(folder: str, scratch: str) -> Tuple[List[Tuple[str, str]], Dict
                 data_dir = re.match(r"[^/]+\.data/(purelib|platlib|data)/(.*)", rel)
                 if data_dir:
                     rel = data_dir.group(2)
-                if item.is_dir() or SKIP.search(rel) or ".." in rel.split("/"):
+                if (item.is_dir() or SKIP.search(rel) or ".." in rel.split("/")
+                        or ".data/" in rel):
                     continue
                 target = os.path.join(dest, rel)
                 os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -153,6 +153,38 @@ def add(file: str, extra: List[str], align: int) -> None:
     click.echo(f"pyfile: {file}: added {len(extra)} file(s)", err=True)
 
 
+@cli.group()
+def cache() -> None:
+    """The runtimes and GPU variants that pyfiles unpacked on this machine."""
+
+
+@cache.command("list")
+def cache_list() -> None:
+    """List unpacked runtimes with their size, last use and whether a run holds them."""
+    import datetime
+    from .cache import entries
+    from .runtime.cpu import cache_dir
+    items = entries()
+    click.echo(f"cache: {cache_dir()}")
+    for e in items:
+        when = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        click.echo(f"  {e.kind:8} {_size(e.size):>10}  used {when}  "
+                   f"{'IN USE' if e.in_use else 'idle  '}  {os.path.basename(e.path)}")
+    click.echo(f"{len(items)} folder(s), {_size(sum(e.size for e in items))}")
+
+
+@cache.command("prune")
+@click.option("--older-than", type=float, default=0, metavar="DAYS",
+              help="Only remove folders unused for this many days.")
+def cache_prune(older_than: float) -> None:
+    """Remove unpacked runtimes no running pyfile holds (they unpack again when needed)."""
+    from .cache import prune
+    removed = prune(older_than)
+    for e in removed:
+        click.echo(f"removed {e.kind} {os.path.basename(e.path)} ({_size(e.size)})")
+    click.echo(f"pyfile: freed {_size(sum(e.size for e in removed))}", err=True)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

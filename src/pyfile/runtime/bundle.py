@@ -16,14 +16,12 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .archive import Archive
 from .errors import EngineError
-from .extract import _locked
 from .cpu import cache_dir
-
-_held: List[Any] = []  # lock files kept open while this process runs
+from .extract import _locked, hold
 
 
 class SliceFile(io.RawIOBase):
@@ -132,7 +130,7 @@ def _extract(arch: Archive, rt: Dict[str, Any]) -> str:
     target = os.path.join(root, key)
     try:
         os.makedirs(root, exist_ok=True)
-        _hold(target)
+        hold(target)
         if not os.path.isdir(target):
             with _locked(os.path.join(root, f".{key}.extract.lock")):
                 if not os.path.isdir(target):
@@ -156,14 +154,6 @@ def _extract(arch: Archive, rt: Dict[str, Any]) -> str:
         except OSError as e:
             raise EngineError(f"cannot unpack the runtime (no writable cache and {e})") from None
         return work
-
-
-def _hold(target: str) -> None:
-    """A shared lock on ``<target>.lock`` for this process's life ('in use' for prune)."""
-    import fcntl
-    f = open(target + ".lock", "a+")
-    fcntl.flock(f, fcntl.LOCK_SH)
-    _held.append(f)
 
 
 def _unpack(arch: Archive, member: str, dest: str) -> None:

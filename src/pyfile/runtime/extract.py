@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from .archive import Archive
 from .cpu import cache_dir
@@ -32,6 +32,17 @@ def _locked(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_held: List[Any] = []  # lock files kept open while this process runs
+
+
+def hold(target: str) -> None:
+    """A shared lock on ``<target>.lock`` for this process's life: 'in use' for prune."""
+    import fcntl
+    f = open(target + ".lock", "a+")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    _held.append(f)
 
 
 def _write_member(arch: Archive, name: str, dest: str) -> None:
@@ -79,11 +90,12 @@ def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
     key = digest.hexdigest()[:24]
     root = os.path.join(cache_dir(), "native")
     target = os.path.join(root, key)
-    if os.path.isdir(target):
-        _touch(target)
-        return target
     try:
         os.makedirs(root, exist_ok=True)
+        hold(target)
+        if os.path.isdir(target):
+            _touch(target)
+            return target
         with _locked(os.path.join(root, f".{key}.lock")):
             if os.path.isdir(target):
                 return target

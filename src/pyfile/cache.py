@@ -1,0 +1,91 @@
+"""``pyfile cache list|prune``: the unpacked runtimes and GPU variants on this machine.
+
+A folder is in use while some process holds a shared lock on ``<folder>.lock`` (every
+pyfile run does, for its whole life). Prune takes the exclusive lock without waiting and
+skips the folder when it cannot; lock files are kept, so the lock stays one inode.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import List
+
+from .runtime.cpu import cache_dir
+
+KINDS = ("runtime", "native")
+
+
+@dataclass
+class Entry:
+    kind: str
+    path: str
+    size: int
+    last_used: float
+    in_use: bool
+
+
+def _size(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def _busy(path: str) -> bool:
+    try:
+        with open(path + ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def entries() -> List[Entry]:
+    out = []
+    for kind in KINDS:
+        root = os.path.join(cache_dir(), kind)
+        if not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if name.startswith(".") or not os.path.isdir(path):
+                continue
+            out.append(Entry(kind, path, _size(path), os.path.getmtime(path), _busy(path)))
+    return out
+
+
+def prune(older_than_days: float = 0) -> List[Entry]:
+    """Remove unused folders last used more than ``older_than_days`` ago; return them."""
+    removed = []
+    cutoff = time.time() - older_than_days * 86400
+    for kind in KINDS:
+        root = os.path.join(cache_dir(), kind)
+        if not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if name.startswith(".") and os.path.isdir(path):  # abandoned work folders
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not os.path.isdir(path) or os.path.getmtime(path) > cutoff:
+                continue
+            with open(path + ".lock", "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # in use by a running pyfile
+                size = _size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(Entry(kind, path, size, 0, False))
+    return removed
