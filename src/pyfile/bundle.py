@@ -34,7 +34,7 @@ ROOTS = ["llama-cpp-python", "numpy", "jinja2", "diskcache", "typing-extensions"
 #: Files of an installed distribution that a runtime never needs.
 SKIP = re.compile(r"(__pycache__/|\.pyc$|^include/|^lib/|^\.\./|^numpy/.*/tests/|"
                   r"/RECORD$|/INSTALLER$|/REQUESTED$|/direct_url\.json$|^bin/(?!libggml))")
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 
 
 @dataclass
@@ -181,15 +181,43 @@ def _wheel_files(folder: str, scratch: str) -> Tuple[List[Tuple[str, str]], Dict
     return sorted(dict(files).items()), info
 
 
+def _pyc(full: str, rel: str) -> bytes:
+    """Bytecode for ``full`` that never goes stale (unchecked hash), named as ``rel``."""
+    import py_compile
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "x.pyc")
+        py_compile.compile(full, cfile=out, dfile=rel, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        with open(out, "rb") as f:
+            return f.read()
+
+
 def _write_bundle(files: List[Tuple[str, str]], info: Dict[str, object], dest: str) -> None:
-    """Zip the files; identical copies of a shared library become symlinks (links.json)."""
+    """Zip the files; identical copies of a shared library become symlinks (links.json).
+
+    When the bundle is for this very interpreter, bytecode is compiled now and shipped, so
+    the target never compiles (or needs to write) anything at start-up.
+    """
     by_hash: Dict[str, str] = {}
     links: Dict[str, str] = {}
+    compiled = info.get("abi") == sys.implementation.cache_tag
+    tag = sys.implementation.cache_tag
     tmp = dest + ".tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for rel, full in files:
             with open(full, "rb") as f:
                 data = f.read()
+            if compiled and rel.endswith(".py"):
+                try:
+                    pyc = _pyc(full, rel)
+                except Exception:
+                    pyc = b""  # a file that does not compile here is imported from source
+                if pyc:
+                    folder, base = os.path.split(rel)
+                    name = f"{folder + '/' if folder else ''}__pycache__/{base[:-3]}.{tag}.pyc"
+                    zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                    zi.compress_type = zipfile.ZIP_DEFLATED
+                    zf.writestr(zi, pyc, compresslevel=6)
             if ".so" in rel:
                 digest = hashlib.sha256(data).hexdigest()
                 first = by_hash.get(digest)
@@ -201,14 +229,14 @@ def _write_bundle(files: List[Tuple[str, str]], info: Dict[str, object], dest: s
             zi.external_attr = (0o100755 if ".so" in rel else 0o100644) << 16
             zi.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(zi, data, compresslevel=6)
-        meta = dict(info, format=BUNDLE_FORMAT, links=links)
+        meta = dict(info, format=BUNDLE_FORMAT, links=links, bytecode=compiled)
         zi = zipfile.ZipInfo(".pyfile-bundle.json", date_time=(1980, 1, 1, 0, 0, 0))
         zf.writestr(zi, json.dumps(meta, sort_keys=True, indent=1))
     os.replace(tmp, dest)
 
 
 def _key(files: List[Tuple[str, str]], info: Dict[str, object]) -> str:
-    h = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(dict(info, format=BUNDLE_FORMAT), sort_keys=True).encode())
     for rel, full in files:
         st = os.stat(full)
         h.update(f"{rel}\0{st.st_size}\0{int(st.st_mtime)}\0".encode())

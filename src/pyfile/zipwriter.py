@@ -16,7 +16,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, List, Optional, Sequence, Tuple
 
 from .runtime.errors import InputError
 
@@ -136,28 +136,13 @@ class ZipWriter:
         zip64 = size >= U32_MAX
         header_offset, data_offset, raw = self._begin(name, align, zip64)
         self.fp.write(self._local_header(raw, STORED, 0, size, size, zip64))
-        crc, sha = 0, hashlib.sha256()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        left = size
-        while left:
-            n = src.readinto(view[:min(CHUNK, left)])
-            if not n:
-                raise InputError(f"{origin or name}: input shrank while being read "
-                                 f"({size - left} of {size} bytes)")
-            chunk = view[:n]
-            sha.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            self.fp.write(chunk)
-            left -= n
-            if progress:
-                progress(n)
+        crc, digest = _copy_hashing(src, self.fp, size, progress, origin or name)
         end = self.fp.tell()
         self.fp.seek(header_offset + 14)
         self.fp.write(struct.pack("<I", crc))
         self.fp.seek(end)
         entry = Entry(name, header_offset, data_offset, size, size, crc, STORED,
-                      self.dos_time, self.dos_date, sha.hexdigest())
+                      self.dos_time, self.dos_date, digest)
         return self._done(entry)
 
     def _done(self, entry: Entry) -> Entry:
@@ -187,6 +172,54 @@ class ZipWriter:
             self.fp.write(struct.pack("<IHHHHIIH", EOCD_SIG, 0, 0, n, n, cd_size, cd_offset, 0))
         self.pos = self.fp.tell()
         return self.pos
+
+
+def _copy_hashing(src: BinaryIO, dst: BinaryIO, size: int,
+                  progress: Optional[Callable[[int], None]], origin: str) -> Tuple[int, str]:
+    """Copy ``size`` bytes, computing CRC-32 and SHA-256 in the same pass.
+
+    Three stages overlap on a ring of buffers: this thread reads, one thread hashes with
+    SHA-256 (the slowest step, ~2 GB/s), another computes CRC-32 and writes. All three
+    release the GIL on large buffers, so the copy costs about one SHA-256 pass.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    sha = hashlib.sha256()
+    crc = 0
+    ring = [memoryview(bytearray(CHUNK * 4)) for _ in range(3)]
+    pending: List[Any] = [None] * len(ring)
+
+    def crc_write(chunk: memoryview) -> None:
+        nonlocal crc
+        crc = zlib.crc32(chunk, crc)
+        dst.write(chunk)
+
+    left, i = size, 0
+    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
+        try:
+            while left:
+                slot = i % len(ring)
+                if pending[slot] is not None:
+                    for f in pending[slot]:
+                        f.result()
+                n = src.readinto(ring[slot][:min(len(ring[slot]), left)])
+                if not n:
+                    raise InputError(f"{origin}: input shrank while being read "
+                                     f"({size - left} of {size} bytes)")
+                chunk = ring[slot][:n]
+                pending[slot] = (hasher.submit(sha.update, chunk),
+                                 writer.submit(crc_write, chunk))
+                left -= n
+                i += 1
+                if progress:
+                    progress(n)
+        finally:
+            for fs in pending:
+                for f in fs or ():
+                    f.exception()  # wait for every stage before the buffers go away
+        for fs in pending:
+            for f in fs or ():
+                f.result()  # re-raise a write error (disk full) here
+    return crc, sha.hexdigest()
 
 
 def _central_record(e: Entry) -> bytes:

@@ -176,6 +176,11 @@ def _unpack(arch: Archive, member: str, dest: str) -> None:
                 shutil.copyfileobj(src, out, 1 << 20)
             if (info.external_attr >> 16) & 0o111:
                 os.chmod(path, 0o755)
+        if not meta.get("bytecode"):  # built elsewhere: compile once, here, for this Python
+            import compileall
+            import py_compile
+            compileall.compile_dir(dest, quiet=2, workers=0 if os.cpu_count() else 1,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         for rel, target in (meta.get("links") or {}).items():
             link = os.path.realpath(os.path.join(dest, rel))
             if not link.startswith(real + os.sep) or "/" in target or target in ("..", "."):
