@@ -244,3 +244,25 @@ def test_busy_port_is_a_clean_error(smol_pyfile, tmp_path):
     sock.close()
     assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_double_click_serves(real_model, tmp_path):
+    """No arguments and no terminal (a file manager's double-click): serve the web chat."""
+    out = tmp_path / "dbl.pyfile"
+    from conftest import pyfile_cli
+    r = pyfile_cli("build", str(real_model), "-o", str(out), "--args", "--port 0 --nobrowser")
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
+    try:
+        line = ""
+        while "web chat at" not in line:
+            line = proc.stderr.readline()
+            assert line, "exited before serving"
+        url = re.search(r"(http://\S+/) ", line).group(1)
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert b"<title>pyfile chat</title>" in page.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
