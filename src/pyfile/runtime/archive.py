@@ -93,7 +93,7 @@ class Archive:
                     or ".." in name.split("/")):
                 raise ArchiveError(f"{self.path}: unsafe member name {name!r}")
             end_of_header = info.header_offset + 30
-            if end_of_header > self.file_size:
+            if info.header_offset < 0 or end_of_header > self.file_size:
                 raise ArchiveError(f"{self.path}: truncated: member {name!r} starts past the "
                                    f"end of the file")
             self.fp.seek(info.header_offset)

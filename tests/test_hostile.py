@@ -1,0 +1,150 @@
+"""Hostile containers and faults during a build: clean errors, nothing crashes, nothing lost."""
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+
+import pytest
+
+from conftest import pyfile_cli
+from ggufgen import write_tiny
+from pyfile.runtime.archive import Archive
+from pyfile.runtime.errors import PyfileError
+
+
+@pytest.fixture
+def slim(tmp_path, tiny_gguf):
+    out = tmp_path / "t.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(out), "--slim")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def cd_entries(data: bytes):
+    """Offsets of central-directory records in a zip."""
+    pos, out = 0, []
+    while True:
+        pos = data.find(b"PK\x01\x02", pos)
+        if pos < 0:
+            return out
+        out.append(pos)
+        pos += 4
+
+
+def patched(path, data, tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("bad_name", ["../evil.txt", "/etc/evil", "a/../../b", "x\\y"])
+def test_unsafe_member_names(tmp_path, bad_name):
+    z = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(bad_name), b"x")
+    with pytest.raises(PyfileError, match="unsafe member name"):
+        Archive.open(str(z), require_manifest=False)
+
+
+def test_header_offset_past_the_end(tmp_path, slim):
+    data = bytearray(slim.read_bytes())
+    first = cd_entries(data)[0]
+    struct.pack_into("<I", data, first + 42, len(data) + 1000)
+    with pytest.raises(PyfileError, match="truncated|damaged"):
+        Archive.open(str(patched(slim, data, tmp_path, "past.pyfile")))
+
+
+def test_overlapping_members(tmp_path, slim):
+    data = bytearray(slim.read_bytes())
+    entries = cd_entries(data)
+    first_offset = struct.unpack_from("<I", data, entries[0] + 42)[0]
+    struct.pack_into("<I", data, entries[1] + 42, first_offset)  # two members, one header
+    with pytest.raises(PyfileError):
+        Archive.open(str(patched(slim, data, tmp_path, "overlap.pyfile")))
+
+
+def test_sizes_that_lie(tmp_path, slim):
+    data = bytearray(slim.read_bytes())
+    for e in cd_entries(data):
+        struct.pack_into("<I", data, e + 24, 0x7FFFFFFF)  # uncompressed size
+    p = patched(slim, data, tmp_path, "lying.pyfile")
+    with pytest.raises(PyfileError):
+        with Archive.open(str(p)) as arch:
+            arch.read(".args")
+
+
+def test_zip_bomb_member_is_bounded(tmp_path):
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(".pyfile/manifest.json", b" " * (200 << 20))  # 200 MiB of spaces, ~200 KB
+    assert z.stat().st_size < 1 << 20
+    t = time.perf_counter()
+    with pytest.raises(PyfileError, match="more than the"):
+        Archive.open(str(z))
+    assert time.perf_counter() - t < 5
+
+
+def test_inspect_and_verify_never_run_the_file(tmp_path, slim):
+    """A pyfile whose runtime would write a marker if executed: inspect/verify don't."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pyfile"
+    data = slim.read_bytes().replace(
+        b"pyfile_main \"$@\"", b"touch '" + str(marker).encode() + b"'; pyfile_main \"$@\"", 1)
+    evil.write_bytes(data)
+    for cmd in ("inspect", "verify", "args"):
+        pyfile_cli(cmd, str(evil))
+    assert not marker.exists()
+
+
+def test_disk_full_during_build(tmp_path):
+    """A file-size limit stands in for a full disk: clean error, no partial output."""
+    src = write_tiny(str(tmp_path / "m.gguf"), big_tensor=8 << 20)
+    out = tmp_path / "out.pyfile"
+    out.write_bytes(b"old")
+    r = subprocess.run(
+        ["sh", "-c", f"ulimit -f 4096; exec '{sys.executable}' -m pyfile build '{src}' "
+                     f"-o '{out}' --slim"], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert "cannot write the output" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"old"
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
+def test_ctrl_c_during_build(tmp_path, delay):
+    src = write_tiny(str(tmp_path / "m.gguf"), big_tensor=512 << 20)
+    out = tmp_path / "out.pyfile"
+    out.write_bytes(b"old")
+    p = subprocess.Popen([sys.executable, "-m", "pyfile", "build", src, "-o", str(out)],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:  # finished before the signal: a complete, valid file
+        assert pyfile_cli("verify", str(out)).returncode == 0
+    else:
+        assert p.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err
+        if out.read_bytes() != b"old":  # interrupted after the rename: the new file is whole
+            assert pyfile_cli("verify", str(out)).returncode == 0
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_input_that_shrinks_while_read(tmp_path):
+    src = write_tiny(str(tmp_path / "m.gguf"), big_tensor=256 << 20)
+    out = tmp_path / "out.pyfile"
+    p = subprocess.Popen([sys.executable, "-m", "pyfile", "build", src, "-o", str(out),
+                          "--slim"], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)
+    os.truncate(src, 64 << 20)
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.fail("the build finished before the input shrank; enlarge the input")
+    assert p.returncode == 1
+    assert "shrank while being read" in err or "truncated" in err, err
+    assert not out.exists()
