@@ -138,7 +138,7 @@ class Archive:
         try:
             with self.zf.open(name) as f:
                 data = f.read(limit + 1)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
             raise ArchiveError(f"{self.path}: damaged member {name!r}: {e}") from None
         if len(data) != m.size:
             raise ArchiveError(f"{self.path}: damaged member {name!r}: size mismatch")
