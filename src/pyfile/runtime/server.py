@@ -111,11 +111,15 @@ class APIError(Exception):
                             status_code=self.status)
 
 
-def _engine_error(e: Exception) -> APIError:
-    text = str(e)
+def _engine_error(e: BaseException) -> APIError:
+    """Map an exception from the engine to an HTTP error: the request's fault is a 4xx."""
+    text = str(e) or type(e).__name__
     if "exceed context window" in text or "context length" in text:
         return APIError(400, f"This model's maximum context length was exceeded: {text}",
                         code="context_length_exceeded", param="messages")
+    if type(e).__module__.startswith("jinja2"):  # the chat template rejected the messages
+        return APIError(400, f"the model's chat template cannot render these messages: {text}",
+                        param="messages")
     return APIError(500, f"generation failed: {text}", "server_error")
 
 
@@ -203,6 +207,7 @@ def _text_content(msg: ChatMessage) -> Dict[str, Any]:
     out = msg.model_dump(exclude_none=True)
     if out.get("role") == "developer":
         out["role"] = "system"
+    out.setdefault("content", "")  # chat templates expect the key, even when it is empty
     content = msg.content
     if isinstance(content, list):
         parts = []
@@ -365,8 +370,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
         kind, first = await streamer.next()
         if kind == "error":
             streamer.close(lambda: s.release(llm))
-            raise _engine_error(first) if isinstance(first, ValueError) else APIError(
-                500, f"generation failed: {first}", "server_error")
+            raise _engine_error(first)
         if not stream:
             chunks = [first] if kind == "chunk" else []
             while kind == "chunk":
@@ -420,6 +424,8 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise APIError(400, "send one prompt per request", param="prompt")
+        if not prompts[0]:
+            raise APIError(400, "prompt must not be empty", param="prompt")
         kwargs = dict(prompt=prompts[0], max_tokens=req.max_tokens if req.max_tokens else -1,
                       echo=req.echo, **_sampling(req))
         model = req.model or model_id
