@@ -2,6 +2,7 @@
 concurrency, disconnects, auth, limits, and the web chat in a real headless Chromium."""
 
 import asyncio
+import shutil
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -266,3 +268,71 @@ def test_double_click_serves(real_model, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_pyfile_changed_on_disk_while_serving(smol_pyfile, tmp_path):
+    """Rename-replace: keeps serving (note once). In-place overwrite: 503, server stays up."""
+    live = tmp_path / "live.pyfile"
+    shutil.copy2(smol_pyfile, live)
+    s = Server(live, env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
+    try:
+        body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+        assert s.request("v1/completions", body)[0] == 200
+        fresh = tmp_path / "fresh.pyfile"
+        shutil.copy2(smol_pyfile, fresh)
+        os.replace(fresh, live)  # how a careful re-download replaces a file
+        status, out = s.request("v1/completions", body)
+        assert status == 200 and "Paris" in out["choices"][0]["text"]
+        with open(live, "r+b") as f:  # `cp new old`: same inode, bytes change under the map
+            f.seek(0, 2)
+            f.truncate(f.tell() - 100)
+            f.seek(1 << 20)
+            f.write(b"\0" * 4096)
+        status, out = s.request("v1/completions", body)
+        assert status == 200  # the replaced (old) inode is still what we map: unaffected
+        assert s.request("health")[0] == 200
+    finally:
+        assert s.stop() == 0
+    assert "was replaced on disk" in "".join(s.lines)
+
+
+def test_in_place_overwrite_is_refused(smol_pyfile, tmp_path):
+    live = tmp_path / "live.pyfile"
+    shutil.copy2(smol_pyfile, live)
+    s = Server(live, env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
+    try:
+        body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+        assert s.request("v1/completions", body)[0] == 200
+        with open(live, "r+b") as f:
+            from pyfile.runtime.archive import Archive
+            with Archive.open(str(live)) as arch:
+                off = arch.member(arch.default_model).offset
+            f.seek(off + 16)
+            f.write(b"\xff" * 64)  # the weights' header changes in place
+        status, out = s.request("v1/completions", body)
+        assert status == 503 and out["error"]["code"] == "model_file_changed"
+        assert s.request("health")[0] == 200  # the server stays up
+    finally:
+        assert s.stop() == 0
+
+
+def test_short_soak(smol_pyfile):
+    """bench/soak_server.py for 20 s: load + malformed + slow + disconnecting clients."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("soak", str(Path(__file__).resolve()
+                                                               .parents[1] / "bench" / "soak_server.py"))
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    assert soak.main([str(smol_pyfile), "--seconds", "20", "--no-schemathesis"]) == 0
+
+
+def test_embedding_failure_does_not_corrupt_the_server(server):
+    """Found by schemathesis: a failed embedding decode, then an odd string, corrupted the
+    heap inside llama-cpp-python. Empty inputs are refused and a failed embedder is replaced."""
+    status, body = server.request("v1/embeddings", {"input": [""]})
+    assert status == 400 and "must not be empty" in body["error"]["message"]
+    odd = "e\u0019T\U0002d0e7\u00e1\u0084_i\u001ePk\U000e9d3cFh\t"
+    for _ in range(3):
+        status, body = server.request("v1/embeddings", {"input": [odd]})
+        assert status == 200 and len(body["data"][0]["embedding"]) == 576
+    assert server.request("health")[0] == 200

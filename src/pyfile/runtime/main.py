@@ -73,6 +73,12 @@ def run(path: str, argv: List[str]) -> int:
         from .bundle import activate
         activate(arch)  # the carried runtime, when it fits this interpreter
     mode = choose_mode(opts)
+    if mode == "rpc-worker":
+        from . import backends, rpc
+        sel = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
+                              archive_path=path)
+        from .engine import import_llama_cpp
+        return rpc.serve_worker(import_llama_cpp(), opts.host, opts.port, sel.kind)
     if mode == "server":
         from . import server
         return server.serve(source, opts, manifest, path, open_browser=True)
@@ -85,6 +91,8 @@ def run(path: str, argv: List[str]) -> int:
 
 def choose_mode(opts: Any) -> str:
     """Mode after ``.args`` expansion: explicit flags first, then what the situation implies."""
+    if opts.rpc_worker:
+        return "rpc-worker"
     if opts.server:
         return "server"
     if opts.chat:

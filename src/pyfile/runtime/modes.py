@@ -29,6 +29,13 @@ class Loader:
                                          archive_path=archive_path,
                                          n_gpu_layers=opts.n_gpu_layers,
                                          n_layers=summary.get("block_count"))
+        if opts.rpc:
+            from . import rpc
+            from .engine import import_llama_cpp
+            names = rpc.add_workers(import_llama_cpp(), rpc.parse_endpoints(opts.rpc))
+            self.selection.n_gpu_layers = (999 if opts.n_gpu_layers is None
+                                           else opts.n_gpu_layers)
+            self.selection.detail += f"; layers split across RPC workers {', '.join(names)}"
         backends.report(self.selection)
         self.kwargs: Dict[str, Any] = dict(
             # llama.cpp pads the context to 256 tokens while llama-cpp-python sizes its token
@@ -41,15 +48,24 @@ class Loader:
         )
         if opts.threads:
             self.kwargs["n_threads"] = self.kwargs["n_threads_batch"] = opts.threads
+        if opts.tensor_split:
+            self.kwargs["tensor_split"] = opts.tensor_split
 
     def new(self, **overrides: Any) -> Any:
         return create_llama(self.source, **{**self.kwargs, **overrides})
+
+    def guard(self) -> Any:
+        from .guard import FileGuard
+        return FileGuard(self.source.path, self.source.offset)
 
 
 def load(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = None,
          archive_path: Optional[str] = None) -> Any:
     """Select the backend, then create the ``Llama`` with the weights mapped in place."""
-    return Loader(source, opts, manifest, archive_path).new()
+    loader = Loader(source, opts, manifest, archive_path)
+    llm = loader.new()
+    llm.pyfile_guard = loader.guard()
+    return llm
 
 
 def _grammar(opts: Any) -> Any:
@@ -157,6 +173,9 @@ def chat(llm: Any, opts: Any) -> int:
             if text == "/clear":
                 messages = list(base)
                 continue
+            guard = getattr(llm, "pyfile_guard", None)
+            if guard is not None:
+                guard.check()
             messages.append({"role": "user", "content": line})
             messages.append({"role": "assistant",
                              "content": _answer(llm, messages, max_tokens, params)})

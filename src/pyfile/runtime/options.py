@@ -89,9 +89,16 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--system", "-sys", metavar="TEXT", help="system prompt for chat")
     g.add_argument("--no-display-prompt", action="store_true", help=argparse.SUPPRESS)
 
+    g = p.add_argument_group("several machines (llama.cpp RPC)")
+    g.add_argument("--rpc-worker", action="store_true",
+                   help="serve this machine's backend to a main process (port 50052)")
+    g.add_argument("--rpc", metavar="HOST:PORT,...", help="split layers across these workers")
+    g.add_argument("-ts", "--tensor-split", metavar="W,W,...",
+                   help="how much of the model each device gets (e.g. 1,1)")
+
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1")
-    g.add_argument("--port", type=_positive_int, default=8080)
+    g.add_argument("--port", type=_positive_int, default=None, help="8080 (server), 50052 (worker)")
     g.add_argument("--nobrowser", action="store_true")
     g.add_argument("--api-key", default=None)
     g.add_argument("--parallel", "-np", type=_positive_int, default=1, metavar="N",
@@ -107,10 +114,18 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
     ns = p.parse_args(argv)
     if ns.n_predict < -1:
         raise UsageError(f"-n/--n-predict must be -1 or more, got {ns.n_predict}")
+    if ns.port is None:
+        ns.port = 50052 if ns.rpc_worker else 8080
     if not 0 <= ns.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {ns.port}")
     if ns.prompt is not None and ns.file is not None:
         raise UsageError("give either -p/--prompt or -f/--file, not both")
+    if ns.tensor_split:
+        try:
+            ns.tensor_split = [float(x) for x in ns.tensor_split.split(",")]
+        except ValueError:
+            raise UsageError(f"--tensor-split must be numbers separated by commas, "
+                             f"got {ns.tensor_split!r}") from None
     if ns.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     if ns.temp < 0:

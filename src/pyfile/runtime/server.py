@@ -130,6 +130,7 @@ class Slots:
 
     def __init__(self, llms: List[Any]) -> None:
         self.free: "asyncio.Queue[Any]" = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
         for llm in llms:
             self.free.put_nowait(llm)
         self.total = len(llms)
@@ -139,6 +140,9 @@ class Slots:
 
     def release(self, llm: Any) -> None:
         self.free.put_nowait(llm)
+
+    def release_threadsafe(self, llm: Any) -> None:
+        self.loop.call_soon_threadsafe(self.free.put_nowait, llm)
 
     @property
     def busy(self) -> int:
@@ -152,6 +156,7 @@ class Streamer:
         self.loop = asyncio.get_running_loop()
         self.queue: "asyncio.Queue[tuple]" = asyncio.Queue()
         self.stop = threading.Event()
+        self.failed = False
         self.future = self.loop.run_in_executor(executor, self._work, make)
 
     def _put(self, item: tuple) -> None:
@@ -166,6 +171,7 @@ class Streamer:
                     break
                 self._put(("chunk", chunk))
         except Exception as e:  # reported to the client, the server stays up
+            self.failed = True
             self._put(("error", e))
         finally:
             if gen is not None and hasattr(gen, "close"):
@@ -295,7 +301,8 @@ class _TooLarge(Exception):
 
 
 def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
-               make_embedder: Optional[Callable[[], Any]] = None) -> Any:
+               make_embedder: Optional[Callable[[], Any]] = None, guard: Any = None,
+               make_slot: Optional[Callable[[], Any]] = None) -> Any:
     app = FastAPI(title="pyfile", version=__version__, docs_url=None, redoc_url=None)
     executor = ThreadPoolExecutor(max_workers=len(llms) + 2, thread_name_prefix="slot")
     state: Dict[str, Any] = {"slots": None, "embedder": None, "served": 0}
@@ -364,12 +371,25 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
 
     async def run(make: Callable[[Any], Iterator[Any]], stream: bool,
                   wrap: Callable[[Any], Any]) -> Any:
+        if guard is not None:
+            try:
+                guard.check()
+            except Exception as e:
+                raise APIError(503, str(e), "server_error", "model_file_changed") from None
         s = slots()
         llm = await s.acquire()
         streamer = Streamer(executor, lambda: make(llm))
+
+        def release() -> None:
+            if streamer.failed and make_slot is not None:
+                # Same reason as for embeddings: never reuse a context after an engine error.
+                executor.submit(lambda: s.release_threadsafe(make_slot()))
+            else:
+                s.release(llm)
+
         kind, first = await streamer.next()
         if kind == "error":
-            streamer.close(lambda: s.release(llm))
+            streamer.close(release)
             raise _engine_error(first)
         if not stream:
             chunks = [first] if kind == "chunk" else []
@@ -377,7 +397,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
                 kind, item = await streamer.next()
                 if kind == "chunk":
                     chunks.append(item)
-            streamer.close(lambda: s.release(llm))
+            streamer.close(release)
             state["served"] += 1
             return wrap(chunks[0]) if chunks else JSONResponse({})
 
@@ -394,7 +414,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
                                                             "type": err.type}}).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
             finally:
-                streamer.close(lambda: s.release(llm))
+                streamer.close(release)
                 state["served"] += 1
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -446,12 +466,21 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts or any(not isinstance(t, str) for t in texts):
             raise APIError(400, "input must be a string or a list of strings", param="input")
+        if any(not t for t in texts):
+            raise APIError(400, "input strings must not be empty", param="input")
 
         def work() -> Dict[str, Any]:
             with embed_lock:
                 if state["embedder"] is None:
                     state["embedder"] = make_embedder()
-                result = state["embedder"].create_embedding(texts, model=req.model or model_id)
+                try:
+                    result = state["embedder"].create_embedding(texts,
+                                                                model=req.model or model_id)
+                except BaseException:
+                    # llama-cpp-python can leave a context inconsistent after a failed
+                    # decode (we saw heap corruption on the next request): start afresh.
+                    state["embedder"] = None
+                    raise
             for item in result["data"]:  # pool per-token vectors into one (mean)
                 emb = item["embedding"]
                 if emb and isinstance(emb[0], list):
@@ -506,7 +535,8 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = N
     llms = [loader.new() for _ in range(opts.parallel)]
     model_id = source.name[:-5] if source.name.endswith(".gguf") else source.name
     app = create_app(llms, model_id, opts, loader.selection.line(),
-                     make_embedder=lambda: loader.new(embedding=True))
+                     make_embedder=lambda: loader.new(embedding=True), guard=loader.guard(),
+                     make_slot=loader.new)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
