@@ -196,6 +196,13 @@ class Streamer:
 
 # -- the app -------------------------------------------------------------------------------------
 
+def _close(llm: Any) -> None:
+    try:
+        llm.close()
+    except Exception:
+        pass
+
+
 def _web_chat_html() -> bytes:
     here = os.path.dirname(__file__)
     loader = globals().get("__loader__")
@@ -383,7 +390,12 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
         def release() -> None:
             if streamer.failed and make_slot is not None:
                 # Same reason as for embeddings: never reuse a context after an engine error.
-                executor.submit(lambda: s.release_threadsafe(make_slot()))
+                # Close the old one now: Llama objects hold reference cycles, so waiting for
+                # the garbage collector would keep its KV cache alive for a while.
+                def renew() -> None:
+                    _close(llm)
+                    s.release_threadsafe(make_slot())
+                executor.submit(renew)
             else:
                 s.release(llm)
 
@@ -479,6 +491,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
                 except BaseException:
                     # llama-cpp-python can leave a context inconsistent after a failed
                     # decode (we saw heap corruption on the next request): start afresh.
+                    _close(state["embedder"])
                     state["embedder"] = None
                     raise
             for item in result["data"]:  # pool per-token vectors into one (mean)
