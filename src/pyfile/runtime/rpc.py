@@ -141,3 +141,40 @@ def serve_worker(llama_cpp: Any, host: str, port: int, gpu_kind: str) -> int:
     sys.stderr.write("pyfile: RPC worker stopped\n")
     sys.stderr.flush()
     os._exit(0)  # the server thread cannot be joined; nothing else to clean up
+
+
+CHILD_ENV = "PYFILE_RPC_CHILD"
+
+
+def supervise(path: str, argv: List[str], endpoints: List[Tuple[str, int]]) -> int:
+    """Run this pyfile again as a child and turn ggml's abort on a lost worker into an error.
+
+    ggml's RPC client aborts the whole process when a worker disappears mid-run; a child
+    process keeps that abort from becoming ours. Standard streams are shared with the child
+    (chat stays interactive); only the exit status is interpreted here.
+    """
+    import subprocess
+    env = dict(os.environ)
+    env[CHILD_ENV] = "1"
+    env["GGML_NO_BACKTRACE"] = "1"  # ggml would otherwise attach gdb to print a backtrace
+    env["PYFILE_PYTHON"] = sys.executable
+    proc = subprocess.Popen([path, *argv], env=env)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the child got the same Ctrl-C; wait for it to finish
+            continue
+    if code >= 0:
+        return code
+    lost = []
+    for host, port in endpoints:
+        try:
+            check_worker(host, port, timeout=2)
+        except BackendError:
+            lost.append(f"{host}:{port}")
+    if code == -signal.SIGABRT or lost:
+        raise BackendError(f"RPC worker {', '.join(lost) or 'connection'} stopped answering "
+                           f"during the run; the run was aborted (restart the worker and "
+                           f"try again)")
+    raise BackendError(f"the run ended with signal {-code}")
