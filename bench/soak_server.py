@@ -166,6 +166,14 @@ def main(argv=None) -> int:
                        for i in range(a.clients)]
             threads += [threading.Thread(target=soak.malformed),
                         threading.Thread(target=soak.slow_and_abrupt)]
+            samples = []
+
+            def sample() -> None:
+                while time.time() < soak.deadline and proc.poll() is None:
+                    samples.append(rss_mib(proc.pid))
+                    time.sleep(max(1.0, a.seconds / 12))
+
+            threads.append(threading.Thread(target=sample))
             for t in threads:
                 t.start()
             st = shutil.which("st") or os.path.join(os.path.dirname(sys.executable), "st")
@@ -199,6 +207,7 @@ def main(argv=None) -> int:
         print(f"well-formed latency p50 {statistics.median(lat) * 1000:.0f} ms, "
               f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:.0f} ms")
     print(f"server RSS {rss0:.0f} MiB at start, {rss1:.0f} MiB at end; alive: {alive}")
+    print("server RSS over time (MiB): " + " ".join(f"{x:.0f}" for x in samples))
     if schema is not None:
         tail = [ln for ln in schema.stdout.splitlines() if "generated" in ln or "failures" in ln
                 or "passed" in ln]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import zipfile
-import zlib
 
 import pytest
 
@@ -148,3 +147,25 @@ def test_input_that_shrinks_while_read(tmp_path):
     assert p.returncode == 1
     assert "shrank while being read" in err or "truncated" in err, err
     assert not out.exists()
+
+
+def test_unpacking_never_writes_outside_its_folder(tmp_path, slim):
+    """A runtime bundle whose entries climb out of the folder is refused, and so is a packed
+    variant with such a path."""
+    from pyfile.runtime.bundle import _unpack
+    from pyfile.runtime.extract import extract
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr(".pyfile-bundle.json", "{}")
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../../escaped.txt", "bad")
+    assert pyfile_cli("add", str(slim), str(evil)).returncode == 0
+    dest = tmp_path / "dest" / "inner"
+    dest.mkdir(parents=True)
+    with Archive.open(str(slim)) as arch:
+        with pytest.raises(PyfileError, match="escapes its folder"):
+            _unpack(arch, "evil.zip", str(dest))
+        with pytest.raises(PyfileError, match="unsafe path"):
+            extract(arch, [("evil.zip", "../x.so")])
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "dest" / "escaped.txt").exists()

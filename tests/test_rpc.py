@@ -7,11 +7,10 @@ import socketserver
 import struct
 import subprocess
 import threading
-import time
 
 import pytest
 
-from conftest import run_env, run_file
+from conftest import run_file
 
 pytestmark = pytest.mark.slow
 PARIS = ["-p", "The capital of France is", "--temp", "0", "-n", "16"]

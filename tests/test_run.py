@@ -1,6 +1,5 @@
 """End-to-end runs of the real SmolLM2 pyfile (slow: they load the real model)."""
 
-import os
 import re
 import signal
 import subprocess

@@ -134,7 +134,7 @@ def _wheel_files(folder: str, scratch: str) -> Tuple[List[Tuple[str, str]], Dict
     files: List[Tuple[str, str]] = []
     for w in wheels:
         parts = w[:-4].split("-")
-        py, abi, plat = parts[-3], parts[-2], parts[-1]
+        abi, plat = parts[-2], parts[-1]
         if abi.startswith("cp3") and abi[2:].rstrip("dmu").isdigit():
             info["abi"] = f"cpython-{abi[2:].rstrip('dmu')}"
             info["python"] = f"3.{abi[3:].rstrip('dmu')}"
