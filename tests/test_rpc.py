@@ -112,3 +112,93 @@ def test_worker_warns_beyond_loopback_and_refuses_a_busy_port(smol_pyfile, cache
     finally:
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=30) == 0
+
+
+def test_server_survives_a_lost_worker(smol_pyfile, cache_env, workers):
+    """--server --rpc: the request in flight gets a 503 naming the worker; the server stays
+    up and goes on with the workers that still answer."""
+    import json
+    import urllib.error
+    import urllib.request
+    ports, procs = workers
+    port = free_port()
+    rpc = ",".join(f"127.0.0.1:{p}" for p in ports)
+    srv = subprocess.Popen([str(smol_pyfile), "--server", "--port", str(port), "--rpc", rpc],
+                           env=cache_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    lines = []
+    try:
+        while "web chat at" not in (lines[-1] if lines else ""):
+            line = srv.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        threading.Thread(target=lambda: lines.extend(srv.stderr), daemon=True).start()
+        url = f"http://127.0.0.1:{port}/v1/completions"
+
+        def post(body, timeout=120):
+            req = urllib.request.Request(url, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        ok = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+        assert post(ok)[0] == 200
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=post(
+            {"prompt": "Once upon a time", "max_tokens": 100000, "temperature": 1})))
+        t.start()
+        import time
+        time.sleep(2)
+        procs[1].kill()
+        procs[1].wait()
+        t.join(timeout=120)
+        status, body = result["r"]
+        assert status == 503 and body["error"]["code"] == "rpc_worker_lost"
+        assert f"127.0.0.1:{ports[1]}" in body["error"]["message"]
+        for _ in range(60):  # the engine restarts with the remaining worker
+            try:
+                status, body = post(ok, timeout=30)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert status == 200 and "Paris" in body["choices"][0]["text"]
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        assert srv.wait(timeout=60) == 0
+    assert any("lost; restarting with 1 worker" in line for line in lines)
+
+
+def test_standalone_worker_skips_a_crashing_variant(tmp_path, smol_pyfile, cache_env):
+    """`pyfile worker` (no model file): a CPU variant that dies with SIGILL at load is
+    remembered and the worker comes back on the next variant."""
+    import sys
+    src = tmp_path / "fake.c"
+    src.write_text("int ggml_backend_score(void) { return 1 << 24; }\n"
+                   "void *ggml_backend_init(void) { __builtin_trap(); return 0; }\n")
+    (tmp_path / "v").mkdir()
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "v" / "libggml-cpu-fakeamx.so"),
+                    str(src)], check=True)
+    env = dict(cache_env, PYFILE_BACKEND_DIR=str(tmp_path / "v"),
+               PYFILE_CACHE_DIR=str(tmp_path / "cache"))
+    port = free_port()
+    w = subprocess.Popen([sys.executable, "-m", "pyfile", "worker", "--port", str(port)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        while not any("RPC worker listening" in ln for ln in lines):
+            line = w.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        assert any("fakeamx variant crashed (SIGILL)" in ln for ln in lines)
+        r = run_file(smol_pyfile, "--rpc", f"127.0.0.1:{port}", *PARIS, env=cache_env)
+        assert r.returncode == 0 and "Paris" in r.stdout
+    finally:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=30) == 0
+    with socket.socket() as s:  # the worker child went away with it
+        assert s.connect_ex(("127.0.0.1", port)) != 0

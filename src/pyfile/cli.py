@@ -153,6 +153,15 @@ def add(file: str, extra: List[str], align: int) -> None:
     click.echo(f"pyfile: {file}: added {len(extra)} file(s)", err=True)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=50052, show_default=True, type=int)
+def worker(host: str, port: int) -> None:
+    """Serve this machine's CPU to a pyfile run with --rpc (no model file needed)."""
+    from .runtime.rpc import standalone_worker
+    sys.exit(standalone_worker(host, port))
+
+
 @cli.group()
 def cache() -> None:
     """The runtimes and GPU variants that pyfiles unpacked on this machine."""

@@ -73,11 +73,15 @@ def run(path: str, argv: List[str]) -> int:
         from .bundle import activate
         activate(arch)  # the carried runtime, when it fits this interpreter
     mode = choose_mode(opts)
+    if opts.rpc == "none":  # a supervised server whose workers are all gone: run locally
+        opts.rpc = None
     if opts.rpc and mode != "rpc-worker" and not os.environ.get("PYFILE_RPC_CHILD"):
         from . import rpc
         endpoints = rpc.parse_endpoints(opts.rpc)
         for host, port in endpoints:  # unreachable or incompatible: a clean error up front
             rpc.check_worker(host, port)
+        if mode == "server":
+            return rpc.supervise_server(path, argv, endpoints, opts.host, opts.port)
         return rpc.supervise(path, argv, endpoints)
     if mode == "rpc-worker":
         from . import backends, rpc

@@ -178,3 +178,199 @@ def supervise(path: str, argv: List[str], endpoints: List[Tuple[str, int]]) -> i
                            f"during the run; the run was aborted (restart the worker and "
                            f"try again)")
     raise BackendError(f"the run ended with signal {-code}")
+
+
+def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]],
+                     host: str, port: int) -> int:
+    """``--server --rpc``: keep serving when a worker dies.
+
+    The HTTP server runs in a child process on a private loopback port; this process owns
+    the public socket and relays bytes. When ggml aborts the child because a worker
+    vanished, a request that got no answer yet receives an OpenAI-style 503 naming the
+    worker, and the child is restarted with the workers that still answer (or locally).
+    """
+    import asyncio
+    import json as _json
+    import re
+    import subprocess
+
+    state: dict = {"proc": None, "port": None, "endpoints": list(endpoints), "lost": [],
+                   "stopping": False}
+    ready = threading.Event()
+
+    def spawn() -> None:
+        env = dict(os.environ, **{CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1",
+                                  "PYFILE_PYTHON": sys.executable})
+        rpc_arg = ",".join(f"{h}:{p}" for h, p in state["endpoints"]) or "none"
+        proc = subprocess.Popen([path, *argv, "--rpc", rpc_arg, "--host", "127.0.0.1",
+                                 "--port", "0", "--nobrowser"], env=env,
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        state["proc"] = proc
+        for line in proc.stderr:
+            m = re.search(r"web chat at http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                state["port"] = int(m.group(1))
+                ready.set()
+                break
+            sys.stderr.write(line)
+        threading.Thread(target=lambda: [sys.stderr.write(ln) for ln in proc.stderr],
+                         daemon=True).start()
+
+    def watch() -> None:
+        while not state["stopping"]:
+            spawn()
+            code = state["proc"].wait()
+            ready.clear()
+            if state["stopping"]:
+                return
+            alive = []
+            for h, p in state["endpoints"]:
+                try:
+                    check_worker(h, p, timeout=2)
+                    alive.append((h, p))
+                except BackendError:
+                    state["lost"].append(f"{h}:{p}")
+            state["endpoints"] = alive
+            sys.stderr.write(f"pyfile: the engine stopped (exit {code}); RPC worker(s) "
+                             f"{', '.join(state['lost']) or '?'} lost; restarting "
+                             f"{'with ' + str(len(alive)) + ' worker(s)' if alive else 'locally'}\n")
+            sys.stderr.flush()
+
+    def error_response() -> bytes:
+        body = _json.dumps({"error": {
+            "message": f"RPC worker {', '.join(state['lost']) or '(unknown)'} stopped "
+                       f"answering; this request was aborted and the server is restarting "
+                       f"without it", "type": "server_error", "param": None,
+            "code": "rpc_worker_lost"}}).encode()
+        return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\n\r\n" + body)
+
+    async def relay(reader: Any, writer: Any) -> None:
+        try:
+            await _relay(reader, writer)
+        except asyncio.CancelledError:  # shutting down
+            writer.close()
+
+    async def _relay(reader: Any, writer: Any) -> None:
+        while not ready.is_set():
+            await asyncio.sleep(0.1)
+        proc = state["proc"]
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", state["port"])
+        except OSError:
+            writer.close()
+            return
+        sent = False
+
+        async def pump_up() -> None:
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    up_w.write(data)
+                    await up_w.drain()
+            except (OSError, ConnectionError):
+                pass
+
+        task = asyncio.ensure_future(pump_up())
+        try:
+            while True:
+                data = await up_r.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                sent = True
+                await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        if not sent:
+            for _ in range(50):  # did the engine die under this request?
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            if proc.poll() is not None:
+                try:
+                    writer.write(error_response())
+                    await writer.drain()
+                except (OSError, ConnectionError):
+                    pass
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(relay, host, port)
+        shown = server.sockets[0].getsockname()[1]
+        threading.Thread(target=watch, daemon=True).start()
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait)
+        sys.stderr.write(f"pyfile: serving the web chat at http://{host}:{shown}/ and the "
+                         f"OpenAI API at http://{host}:{shown}/v1 (layers on RPC workers "
+                         f"{', '.join(f'{h}:{p}' for h, p in endpoints)}; Ctrl-C stops)\n")
+        sys.stderr.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        state["stopping"] = True
+        server.close()
+        if state["proc"] is not None and state["proc"].poll() is None:
+            state["proc"].terminate()
+            state["proc"].wait()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
+    sys.stderr.write("pyfile: server stopped\n")
+    return 0
+
+
+def standalone_worker(host: str, port: int) -> int:
+    """``pyfile worker``: an RPC worker from the installed engine, with no model file.
+
+    Without a model there is nothing to probe a CPU variant with, so the worker itself runs
+    in a child process: if the chosen variant dies (SIGILL on a host that hides AMX state),
+    the verdict is remembered and the worker restarts on the next variant.
+    """
+    import subprocess
+    from . import cpu
+    from .engine import import_llama_cpp
+    llama_cpp = import_llama_cpp()
+    verdicts = cpu.Verdicts()
+    engine = getattr(llama_cpp, "__version__", "?")
+    for c in cpu.candidates(llama_cpp):
+        key = cpu.verdict_key(engine, c.variant, cpu.file_id(c.path), "rpc-worker")
+        if (verdicts.get(key) or {}).get("ok") is False:
+            continue
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import sys; from pyfile.runtime import rpc; "
+                                  "sys.exit(rpc._worker_child(*sys.argv[1:]))",
+                                  c.path or "builtin", host, str(port)])
+        for sig in (signal.SIGINT, signal.SIGTERM):  # stopping us stops the worker
+            signal.signal(sig, lambda s, _f, child=child: child.send_signal(signal.SIGTERM))
+        code = child.wait()
+        if code in (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS):
+            verdicts.put(key, {"ok": False, "why": f"crashed with {signal.Signals(-code).name}",
+                               "variant": c.variant})
+            sys.stderr.write(f"pyfile: the {c.variant} variant crashed "
+                             f"({signal.Signals(-code).name}); restarting on the next one\n")
+            continue
+        return code if code >= 0 else 1
+    raise BackendError("no CPU variant of the engine can run here")
+
+
+def _worker_child(variant: str, host: str, port: str) -> int:
+    from . import cpu
+    from .engine import import_llama_cpp
+    llama_cpp = import_llama_cpp()
+    from llama_cpp._logger import set_verbose
+    set_verbose(False)
+    if variant != "builtin" and not cpu.load_backend(variant):
+        return 3
+    return serve_worker(llama_cpp, host, int(port), "cpu")
