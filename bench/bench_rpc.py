@@ -13,12 +13,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import venv_env  # noqa: E402
 
-def env():
-    e = dict(os.environ)
-    e["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(sys.executable))
-    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
-    return e
+
+env = venv_env
 
 
 def rate(cmd):

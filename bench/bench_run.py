@@ -19,14 +19,11 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import venv_env  # noqa: E402
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    bindir = os.path.dirname(sys.executable)
-    e["VIRTUAL_ENV"] = os.path.dirname(bindir)
-    e["PATH"] = bindir + os.pathsep + e.get("PATH", "")
-    return e
+env = venv_env
 
 
 def timed(cmd, **kw):

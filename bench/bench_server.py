@@ -24,6 +24,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import venv_env  # noqa: E402
 LLAMA_SERVER = """
 import ctypes, glob, os, runpy, sys
 import llama_cpp
@@ -46,12 +48,7 @@ def free_port() -> int:
     return port
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    bindir = os.path.dirname(sys.executable)
-    e["VIRTUAL_ENV"] = os.path.dirname(bindir)
-    e["PATH"] = bindir + os.pathsep + e.get("PATH", "")
-    return e
+env = venv_env
 
 
 def wait_ready(url: str, proc: subprocess.Popen) -> None:

@@ -25,6 +25,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import venv_env  # noqa: E402
+
 
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
@@ -129,9 +132,7 @@ def start_server(target: str, parallel: int, workdir: str):
         pf = os.path.join(workdir, "soak.pyfile")
         subprocess.run([sys.executable, "-m", "pyfile", "build", target, "-o", pf], check=True,
                        capture_output=True)
-    env = dict(os.environ)
-    env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(sys.executable))
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env = venv_env()
     log = os.path.join(workdir, "server.log")
     proc = subprocess.Popen([pf, "--server", "--port", "0", "--nobrowser", "--parallel",
                              str(parallel)], env=env, stderr=open(log, "w"),

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import Iterator, List, Tuple
 
 from .runtime.cpu import cache_dir
 
@@ -51,41 +51,37 @@ def _busy(path: str) -> bool:
     return False
 
 
-def entries() -> List[Entry]:
-    out = []
+def _folders() -> Iterator[Tuple[str, str, str]]:
+    """(kind, name, path) for everything in the cache's runtime and native folders."""
     for kind in KINDS:
         root = os.path.join(cache_dir(), kind)
-        if not os.path.isdir(root):
-            continue
-        for name in sorted(os.listdir(root)):
-            path = os.path.join(root, name)
-            if name.startswith(".") or not os.path.isdir(path):
-                continue
-            out.append(Entry(kind, path, _size(path), os.path.getmtime(path), _busy(path)))
-    return out
+        if os.path.isdir(root):
+            for name in sorted(os.listdir(root)):
+                yield kind, name, os.path.join(root, name)
+
+
+def entries() -> List[Entry]:
+    return [Entry(kind, path, _size(path), os.path.getmtime(path), _busy(path))
+            for kind, name, path in _folders()
+            if not name.startswith(".") and os.path.isdir(path)]
 
 
 def prune(older_than_days: float = 0) -> List[Entry]:
     """Remove unused folders last used more than ``older_than_days`` ago; return them."""
     removed = []
     cutoff = time.time() - older_than_days * 86400
-    for kind in KINDS:
-        root = os.path.join(cache_dir(), kind)
-        if not os.path.isdir(root):
+    for kind, name, path in _folders():
+        if name.startswith(".") and os.path.isdir(path):  # abandoned work folders
+            shutil.rmtree(path, ignore_errors=True)
             continue
-        for name in sorted(os.listdir(root)):
-            path = os.path.join(root, name)
-            if name.startswith(".") and os.path.isdir(path):  # abandoned work folders
-                shutil.rmtree(path, ignore_errors=True)
-                continue
-            if not os.path.isdir(path) or os.path.getmtime(path) > cutoff:
-                continue
-            with open(path + ".lock", "a+") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # in use by a running pyfile
-                size = _size(path)
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(Entry(kind, path, size, 0, False))
+        if not os.path.isdir(path) or os.path.getmtime(path) > cutoff:
+            continue
+        with open(path + ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use by a running pyfile
+            size = _size(path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(Entry(kind, path, size, 0, False))
     return removed

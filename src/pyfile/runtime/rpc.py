@@ -231,6 +231,7 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                 except BackendError:
                     state["lost"].append(f"{h}:{p}")
             state["endpoints"] = alive
+            state["diagnosed"] = state["proc"]  # the relay may now name the lost worker
             sys.stderr.write(f"pyfile: the engine stopped (exit {code}); RPC worker(s) "
                              f"{', '.join(state['lost']) or '?'} lost; restarting "
                              f"{'with ' + str(len(alive)) + ' worker(s)' if alive else 'locally'}\n")
@@ -296,6 +297,10 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                     break
                 await asyncio.sleep(0.1)
             if proc.poll() is not None:
+                for _ in range(100):  # let the watcher find out which worker went away
+                    if state.get("diagnosed") is proc:
+                        break
+                    await asyncio.sleep(0.05)
                 try:
                     writer.write(error_response())
                     await writer.drain()

@@ -432,6 +432,18 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def respond(method: str, kwargs: Dict[str, Any], stream: bool,
+                      model: Optional[str]) -> Any:
+        """Run ``Llama.<method>`` in a slot, streamed or whole, under the requested name."""
+        name = model or model_id
+
+        def wrap(chunk: Dict[str, Any]) -> Dict[str, Any]:
+            return dict(chunk, model=name)
+
+        if stream:
+            return await run(lambda llm: getattr(llm, method)(stream=True, **kwargs), True, wrap)
+        return await run(lambda llm: iter([getattr(llm, method)(**kwargs)]), False, wrap)
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
         messages = [_text_content(m) for m in req.messages]
@@ -439,17 +451,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
                       response_format=_response_format(req.response_format), **_sampling(req))
         if req.tools:
             kwargs.update(tools=req.tools, tool_choice=req.tool_choice)
-        model = req.model or model_id
-
-        def wrap(chunk: Dict[str, Any]) -> Dict[str, Any]:
-            chunk = dict(chunk)
-            chunk["model"] = model
-            return chunk
-
-        if req.stream:
-            return await run(lambda llm: llm.create_chat_completion(stream=True, **kwargs),
-                             True, wrap)
-        return await run(lambda llm: iter([llm.create_chat_completion(**kwargs)]), False, wrap)
+        return await respond("create_chat_completion", kwargs, req.stream, req.model)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
@@ -460,16 +462,7 @@ def create_app(llms: List[Any], model_id: str, opts: Any, backend_line: str,
             raise APIError(400, "prompt must not be empty", param="prompt")
         kwargs = dict(prompt=prompts[0], max_tokens=req.max_tokens if req.max_tokens else -1,
                       echo=req.echo, **_sampling(req))
-        model = req.model or model_id
-
-        def wrap(chunk: Dict[str, Any]) -> Dict[str, Any]:
-            chunk = dict(chunk)
-            chunk["model"] = model
-            return chunk
-
-        if req.stream:
-            return await run(lambda llm: llm.create_completion(stream=True, **kwargs), True, wrap)
-        return await run(lambda llm: iter([llm.create_completion(**kwargs)]), False, wrap)
+        return await respond("create_completion", kwargs, req.stream, req.model)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Any:
