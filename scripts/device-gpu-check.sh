@@ -32,7 +32,7 @@ PARIS='The capital of France is'
 {
 echo "== machine"; nvidia-smi -L 2>&1; grep -m1 "model name" /proc/cpuinfo; nproc
 "$py" -c "import llama_cpp, sys; print('llama_cpp', llama_cpp.__version__, sys.version.split()[0])"
-echo "== build"; "$py" -m pyfile build "$W/smol.gguf" -o "$P" --backend "cuda=$W/cuda" 2>&1
+echo "== build"; "$py" -m pyfile build "$W/smol.gguf" -o "$P" --backend "cuda=$W/cuda" ${PYFILE_BUILD_FLAGS:-} 2>&1
 "$py" -m pyfile inspect "$P" | grep -E "variant|members" -A0
 echo "== auto (first run: probes)"; tm "$P" -p "$PARIS" --temp 0 -n 16 2>&1
 echo "== auto (cached verdicts)"; tm "$P" -p "$PARIS" --temp 0 -n 16 2>&1
@@ -41,6 +41,31 @@ echo "== cpu speed"; "$P" --gpu cpu -p "Once upon a time" --temp 0 -n 256 -v 2>&
 echo "== -ngl 10"; "$P" -ngl 10 -p "$PARIS" --temp 0 -n 8 2>&1
 echo "== CUDA_VISIBLE_DEVICES=-1, auto"; CUDA_VISIBLE_DEVICES=-1 "$P" -p "$PARIS" --temp 0 -n 8 2>&1
 echo "== CUDA_VISIBLE_DEVICES=-1, --gpu nvidia"; CUDA_VISIBLE_DEVICES=-1 "$P" --gpu nvidia -p "$PARIS" -n 8 2>&1; echo "rc=$?"
+echo "== server on the GPU"
+if "$py" -c "import fastapi, uvicorn" 2>/dev/null; then
+    "$P" --server --port 8791 --nobrowser --parallel 2 > "$W/server.log" 2>&1 &
+    for _ in $(seq 1 120); do grep -q "web chat at" "$W/server.log" && break; sleep 0.5; done
+    head -2 "$W/server.log"
+    "$py" - <<'PY'
+import json, time, urllib.request
+def post(path, body):
+    req = urllib.request.Request("http://127.0.0.1:8791/" + path, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+print("props backend:", json.load(urllib.request.urlopen("http://127.0.0.1:8791/props"))["backend"])
+q = {"messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+     "temperature": 0, "max_tokens": 30}
+print("chat:", post("v1/chat/completions", q)["choices"][0]["message"]["content"])
+t = time.time(); n = 0
+for _ in range(8):
+    n += post("v1/completions", {"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0})["usage"]["completion_tokens"]
+print("8 sequential completions: %.1f tok/s end to end" % (n / (time.time() - t)))
+PY
+    kill %1 2>/dev/null; wait
+else
+    echo "fastapi/uvicorn not on this image: skipped"
+fi
 echo "== verdicts"; cat "$W/cache/verdicts.json"
 echo "== diagnostics"; "$py" -c "from pyfile.runtime.backends import find_runtime_libs as f; print(f('cuda', {}))"
 ls -d /usr/local/cuda*/lib64 "$("$py" -c 'import site; print(site.getsitepackages()[0])')"/nvidia/* 2>&1 | head -20
