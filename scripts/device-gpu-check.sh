@@ -24,7 +24,8 @@ with open(f"{work}/smol.gguf", "wb") as out:
         with open(f"{stash}/{part}", "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
 PY
-"$py" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" "$STASH"/diskcache-*.whl
+"$py" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" "$STASH"/diskcache-*.whl \
+    $(ls "$STASH"/wheels/*.whl 2>/dev/null)  # the server stack, when the image lacks it
 export PYTHONPATH="$W/site:$PWD/src" PYFILE_PYTHON="$py" PYFILE_CACHE_DIR="$W/cache"
 P="$W/smol.pyfile"
 tm() { s=$(date +%s%N); "$@"; e=$(date +%s%N); echo "[elapsed $(( (e - s) / 1000000 )) ms]"; }
