@@ -45,6 +45,7 @@ echo "== CUDA_VISIBLE_DEVICES=-1, --gpu nvidia"; CUDA_VISIBLE_DEVICES=-1 "$P" --
 echo "== server on the GPU"
 if "$py" -c "import fastapi, uvicorn" 2>/dev/null; then
     "$P" --server --port 8791 --nobrowser --parallel 2 > "$W/server.log" 2>&1 &
+    server_pid=$!
     for _ in $(seq 1 120); do grep -q "web chat at" "$W/server.log" && break; sleep 0.5; done
     head -2 "$W/server.log"
     "$py" - <<'PY'
@@ -63,7 +64,7 @@ for _ in range(8):
     n += post("v1/completions", {"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0})["usage"]["completion_tokens"]
 print("8 sequential completions: %.1f tok/s end to end" % (n / (time.time() - t)))
 PY
-    kill %1 2>/dev/null; wait
+    kill "$server_pid" 2>/dev/null; wait "$server_pid"
 else
     echo "fastapi/uvicorn not on this image: skipped"
 fi
