@@ -175,8 +175,9 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     from llama_cpp._logger import set_verbose
     set_verbose(verbose)  # ggml logs while loading backends; quiet unless -v
     engine = getattr(llama_cpp, "__version__", "?")
+    verdicts = cpu.Verdicts()  # one read of the verdict file serves CPU and GPU choices
     chosen, notes = cpu.choose(llama_cpp, source.path, source.offset, source.name,
-                               source.size, engine)
+                               source.size, engine, verdicts)
     variants = installed_variants(llama_cpp)
     variants.update(packed_variants(manifest or {}))
     reasons: List[str] = []
@@ -194,7 +195,6 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
             ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
             key = cpu.verdict_key(engine, kind, cpu.file_id(variant.path), gpu.name,
                                   str(finding.driver), source.name, str(source.size), str(ngl))
-            verdicts = cpu.Verdicts()
             seen = verdicts.get(key)
             if seen is None:
                 ok, why = cpu.run_probe({"preload": libs, "backends": [p for p in (

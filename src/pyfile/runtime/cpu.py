@@ -11,6 +11,7 @@ CPU, engine build, variant and model.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import hashlib
 import json
@@ -154,7 +155,9 @@ def cache_dir() -> str:
     return os.path.join(xdg, "pyfile")
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_signature() -> str:
+    """Read once per process: every verdict key of a run needs it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             lines = [ln for ln in f.read(1 << 20).splitlines()

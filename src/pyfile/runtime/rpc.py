@@ -19,7 +19,7 @@ import socket
 import struct
 import sys
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .errors import BackendError, UsageError
 
@@ -146,6 +146,12 @@ def serve_worker(llama_cpp: Any, host: str, port: int, gpu_kind: str) -> int:
 CHILD_ENV = "PYFILE_RPC_CHILD"
 
 
+def _child_env() -> Dict[str, str]:
+    """Environment of a supervised engine child: the same Python, no gdb backtrace on abort."""
+    return dict(os.environ, **{CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1",
+                               "PYFILE_PYTHON": sys.executable})
+
+
 def supervise(path: str, argv: List[str], endpoints: List[Tuple[str, int]]) -> int:
     """Run this pyfile again as a child and turn ggml's abort on a lost worker into an error.
 
@@ -154,11 +160,7 @@ def supervise(path: str, argv: List[str], endpoints: List[Tuple[str, int]]) -> i
     (chat stays interactive); only the exit status is interpreted here.
     """
     import subprocess
-    env = dict(os.environ)
-    env[CHILD_ENV] = "1"
-    env["GGML_NO_BACKTRACE"] = "1"  # ggml would otherwise attach gdb to print a backtrace
-    env["PYFILE_PYTHON"] = sys.executable
-    proc = subprocess.Popen([path, *argv], env=env)
+    proc = subprocess.Popen([path, *argv], env=_child_env())
     while True:
         try:
             code = proc.wait()
@@ -199,8 +201,7 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
     ready = threading.Event()
 
     def spawn() -> None:
-        env = dict(os.environ, **{CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1",
-                                  "PYFILE_PYTHON": sys.executable})
+        env = _child_env()
         rpc_arg = ",".join(f"{h}:{p}" for h, p in state["endpoints"]) or "none"
         proc = subprocess.Popen([path, *argv, "--rpc", rpc_arg, "--host", "127.0.0.1",
                                  "--port", "0", "--nobrowser"], env=env,
@@ -247,6 +248,21 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
                 + b"\r\n\r\n" + body)
 
+    async def pipe(src: Any, dst: Any) -> bool:
+        """Copy bytes until EOF or a broken connection; True if any were copied."""
+        copied = False
+        try:
+            while True:
+                data = await src.read(65536)
+                if not data:
+                    break
+                dst.write(data)
+                copied = True
+                await dst.drain()
+        except (OSError, ConnectionError):
+            pass
+        return copied
+
     async def relay(reader: Any, writer: Any) -> None:
         try:
             await _relay(reader, writer)
@@ -262,30 +278,8 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
         except OSError:
             writer.close()
             return
-        sent = False
-
-        async def pump_up() -> None:
-            try:
-                while True:
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    up_w.write(data)
-                    await up_w.drain()
-            except (OSError, ConnectionError):
-                pass
-
-        task = asyncio.ensure_future(pump_up())
-        try:
-            while True:
-                data = await up_r.read(65536)
-                if not data:
-                    break
-                writer.write(data)
-                sent = True
-                await writer.drain()
-        except (OSError, ConnectionError):
-            pass
+        task = asyncio.ensure_future(pipe(reader, up_w))
+        sent = await pipe(up_r, writer)
         task.cancel()
         try:
             await task
