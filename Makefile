@@ -12,14 +12,18 @@ DEMO   := smollm2.pyfile
 
 setup: $(STAMP)
 
-# The engine is compiled once per (version, CMake flags, Python) into a keyed wheelhouse
-# outside git (see scripts/build-engine.sh): pip's own cache would ignore CMAKE_ARGS.
-$(STAMP): pyproject.toml scripts/build-engine.sh
+# Everything a build reuses (the portable engine, wheels, runtime bundles) is cached outside
+# git, keyed by what produced it; `pyfile engine build` compiles the engine once (~10 min
+# on 2 cores) and the venv installs that same wheel, so tests run the engine files carry.
+export PYFILE_BUILD_CACHE ?= $(HOME)/.cache/pyfile-dev/build
+
+$(STAMP): pyproject.toml src/pyfile/engines.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	house=$$(scripts/build-engine.sh $(PY)) && \
-	  $(PY) -m pip install --quiet "$$house"/llama_cpp_python-*.whl
 	$(PY) -m pip install --quiet -e '.[test]'
+	wheel=$$($(VENV)/bin/pyfile engine build) && \
+	  $(PY) -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
+	  $(PY) -m pip install --quiet "$$wheel"
 	@touch $@
 
 tools:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pyfile import gguf
 from pyfile.runtime import argsfile
-from pyfile.runtime.archive import Archive, check_manifest
+from pyfile.runtime.archive import Archive
+from pyfile.runtime.manifest import Manifest
 from pyfile.runtime.errors import PyfileError
 
 COUNTS = {"gguf": 0, "container": 0, "args": 0, "manifest": 0}
@@ -64,6 +65,6 @@ def fuzz_args(text: str) -> None:
 def fuzz_manifest(value: Any) -> None:
     COUNTS["manifest"] += 1
     try:
-        check_manifest(json.loads(json.dumps(value)), "fuzz")
+        Manifest.parse(json.dumps(value).encode(), "fuzz")
     except PyfileError:
         pass

@@ -20,7 +20,7 @@ pyfile_main() {
         return 127
     fi
     pyfile_tried=
-    for pyfile_py in "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" @PREFERRED@ python3.14 python3.13 python3.12 python3.11 python3.10 python3.9 python3 python; do
+    for pyfile_py in "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" python3.14 python3.13 python3.12 python3.11 python3.10 python3.9 python3 python; do
         [ -n "$pyfile_py" ] || continue
         command -v "$pyfile_py" >/dev/null 2>&1 || continue
         if "$pyfile_py" -S -c 'import sys; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1; then

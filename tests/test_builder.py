@@ -51,11 +51,11 @@ def test_layout_stub_then_aligned_stored_model(tmp_path, tiny_gguf):
         assert m.stored and m.offset % 4096 == 0
         assert data[m.offset:m.offset + m.size] == tiny_gguf.read_bytes()
         man = arch.manifest
-        assert man["default_model"] == "tiny.gguf"
+        assert man.default_model == "tiny.gguf"
         entry = arch.manifest_entry("tiny.gguf")
         assert entry["offset"] == m.offset and entry["align"] == 4096
         assert entry["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
-        assert man["models"]["tiny.gguf"]["name"] == "tiny"
+        assert man.models["tiny.gguf"]["name"] == "tiny"
         names = set(arch.members)
         assert {".args", "__main__.py", "pyfile/runtime/main.py", ".pyfile/manifest.json"} <= names
 
@@ -144,7 +144,7 @@ def test_extra_files_and_second_model(tmp_path, tiny_gguf):
     with Archive.open(str(out)) as arch:
         assert arch.member("second.gguf").offset % 4096 == 0
         assert arch.read("prompt.txt") == b"hello"
-        assert set(arch.manifest["models"]) == {"tiny.gguf", "second.gguf"}
+        assert set(arch.manifest.models) == {"tiny.gguf", "second.gguf"}
         assert arch.verify() == []
 
 

@@ -56,7 +56,7 @@ def test_add_model_and_prompt(tmp_path, tiny_gguf):
     with Archive.open(str(out)) as arch:
         assert arch.member("second.gguf").offset % 16384 == 0
         assert arch.read("system.txt") == b"be brief"
-        assert arch.manifest["models"]["second.gguf"]["name"] == "second"
+        assert arch.manifest.models["second.gguf"]["name"] == "second"
         assert arch.default_model == "tiny.gguf"
         assert arch.verify() == []
     r = pyfile_cli("add", str(out), str(note))

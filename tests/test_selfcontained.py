@@ -1,15 +1,13 @@
 """Self-contained pyfiles: only a Python 3 interpreter on the target (slow: real model)."""
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, pyfile_cli
+from conftest import pyfile_cli
 
 pytestmark = pytest.mark.slow
 PARIS = ["-p", "The capital of France is", "--temp", "0", "-n", "8"]
@@ -104,60 +102,3 @@ def test_prune_leaves_a_runtime_in_use_alone(smol_pyfile, bare_python, tmp_path)
     r = pyfile_cli("cache", "prune", env=cli_env)
     assert "removed runtime" in r.stdout
     assert not [p for p in root.iterdir() if p.is_dir()]
-
-
-def other_python():
-    for v in ("3.12", "3.13", "3.10"):
-        for base in (Path.home() / ".pyenv" / "versions").glob(f"{v}.*"):
-            py = base / "bin" / f"python{v}"
-            if py.exists():
-                return v, py
-    return None, None
-
-
-def test_mismatching_interpreter_says_what_is_missing(smol_pyfile, tmp_path):
-    version, py = other_python()
-    if py is None:
-        pytest.fail("no second CPython (3.10, 3.12 or 3.13) on this machine")
-    venv = tmp_path / "venv"
-    subprocess.run([str(py), "-m", "venv", "--without-pip", str(venv)], check=True)
-    r = run(smol_pyfile, bare_env(venv / "bin" / "python", tmp_path))
-    assert r.returncode == 1
-    assert f"needs Python 3.11 (this is {version})" in r.stderr
-    assert "pip install llama-cpp-python==0.3.36" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-
-
-def test_second_runtime_from_wheels(tmp_path, real_model):
-    """--runtime: one file carrying runtimes for two Python versions, each used where it fits."""
-    version, py = other_python()
-    if py is None:
-        pytest.fail("no second CPython (3.10, 3.12 or 3.13) on this machine")
-    wheels = tmp_path / "wheels"
-    pyver = version.replace(".", "")
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                        "--python-version", version, "--implementation", "cp",
-                        "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-                        "--platform", "manylinux2014_x86_64", "-d", str(wheels),
-                        "numpy", "jinja2", "diskcache", "typing-extensions", "fastapi", "uvicorn"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    house = subprocess.run([str(ROOT / "scripts" / "build-engine.sh"), sys.executable],
-                           capture_output=True, text=True).stdout.strip()
-    engine = next(Path(house).glob("llama_cpp_python-*.whl"))
-    shutil.copy(engine, wheels)
-    out = tmp_path / "two.pyfile"
-    r = pyfile_cli("build", str(real_model), "-o", str(out), "--runtime", str(wheels),
-                   timeout=600)
-    assert r.returncode == 0, r.stderr
-    info = pyfile_cli("inspect", str(out), "--json").stdout
-    assert f"cpython-{pyver}-linux-x86_64-glibc.zip" in info
-    assert "cpython-311-linux-x86_64-glibc.zip" in info
-    for interpreter in (py, Path(sys.executable)):
-        venv = tmp_path / f"venv-{interpreter.name}"
-        subprocess.run([str(interpreter), "-m", "venv", "--without-pip", str(venv)], check=True)
-        home = tmp_path / f"home-{interpreter.name}"
-        home.mkdir()
-        r = run(out, bare_env(venv / "bin" / "python", home))
-        assert r.returncode == 0, (interpreter, r.stderr)
-        assert "Paris" in r.stdout

@@ -10,10 +10,11 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import gguf, manifest, stub
+from . import __version__, gguf, stub
 from .atomic import atomic_output
 from .runtime import argsfile
-from .runtime.archive import ARGS_NAME, MANIFEST_NAME
+from .runtime.archive import ARGS_NAME
+from .runtime.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 
@@ -188,20 +189,33 @@ def read_variants(specs: List[str]) -> Dict[str, Tuple[str, List[str], Dict]]:
     return out
 
 
+@dataclass
+class RuntimeOptions:
+    """How to assemble the runtime that travels inside the file."""
+
+    slim: bool = False  # carry none: the target needs llama-cpp-python installed
+    pythons: Optional[str] = None  # "3.10,3.12"; None = every supported CPython
+    wheel_dir: Optional[str] = None  # build offline from this folder of wheels
+    engine_wheel: Optional[str] = None  # pack this llama-cpp-python wheel
+    allow_unportable_engine: bool = False  # pack a native/new-glibc engine anyway
+
+
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
-          backends: List[str] = (), slim: bool = False,
-          runtimes: List[str] = ()) -> BuildResult:
+          backends: List[str] = (), runtime: Optional[RuntimeOptions] = None) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
     Everything is validated before the first byte is written; ``on_start`` receives the
     number of bytes that will be copied (for a progress bar).
     """
+    runtime = runtime or RuntimeOptions()
     check_align(align)
     argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
     epoch = source_date_epoch()
     variants = read_variants(list(backends))
+    from . import wheels
+    pythons = wheels.parse_pythons(runtime.pythons)
     _check_output(output, [model, *extras])
     workdir = os.path.dirname(os.path.abspath(output))
     with contextlib.ExitStack() as stack:
@@ -218,13 +232,16 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
                              f"rename one of them")
         # Read every small input now, so that an OSError inside atomic_output can only be
         # about writing the output.
-        from . import bundle
-        bundles = [] if slim else [bundle.host_bundle()]
-        bundles += [bundle.wheels_bundle(d) for d in runtimes]
-        preferred = f"python{bundles[0].info['python']}" if bundles else ""
-        fixed = Fixed(stub.render(preferred), stub.main_source(), runtime_files(), {
+        rt_bundle = None
+        if not runtime.slim:
+            from . import bundle, engines
+            engine = engines.find_engine(runtime.engine_wheel, runtime.allow_unportable_engine)
+            rt_bundle = bundle.assemble(engine, pythons, runtime.wheel_dir)
+            if not runtime.allow_unportable_engine:
+                bundle.check_targets(rt_bundle)
+        fixed = Fixed(stub.render(), stub.main_source(), runtime_files(), {
             kind: [(lib, _read(os.path.join(folder, lib))) for lib in libs]
-            for kind, (folder, libs, _) in variants.items()}, bundles)
+            for kind, (folder, libs, _) in variants.items()}, rt_bundle)
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
@@ -242,7 +259,7 @@ class Fixed:
     main: bytes
     runtime: List[Tuple[str, bytes]]
     variant_libs: Dict[str, List[Tuple[str, bytes]]]
-    bundles: List[Any] = field(default_factory=list)
+    bundle: Any = None  # pyfile.bundle.Bundle, or None for a slim file
 
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
@@ -251,41 +268,34 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
                   ) -> List[Entry]:
     f.write(fixed.stub)
     w = ZipWriter(f, epoch=epoch)
-    records: List[Dict] = []
-    models: Dict[str, Dict] = {}
-    records.append(manifest.member_record(w.add_bytes("__main__.py", fixed.main), "main"))
-    records.append(manifest.member_record(
-        w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False), "args"))
+    man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=epoch,
+                   engine=fixed.bundle.engine if fixed.bundle is not None else None)
+    man.add_member(w.add_bytes("__main__.py", fixed.main), "main")
+    man.add_member(w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False), "args")
     for name, data in fixed.runtime:
-        records.append(manifest.member_record(w.add_bytes(name, data), "runtime"))
+        man.add_member(w.add_bytes(name, data), "runtime")
     for src in sources:
         with open(src.file, "rb") as inp:
             inp.seek(src.offset)
             entry = w.add_stream(src.name, inp, src.size, align=align, progress=progress,
                                  origin=src.path)
-        kind = "model" if src.info is not None else "file"
-        records.append(manifest.member_record(entry, kind, align))
+        man.add_member(entry, "model" if src.info is not None else "file", align)
         if src.info is not None:
-            models[src.name] = src.info.summary()
-    packed: Dict[str, Dict] = {}
+            man.models[src.name] = src.info.summary()
     for kind, (_folder, _libs, requires) in sorted(variants.items()):
         members = []
         for lib, data in fixed.variant_libs[kind]:
             name = f".pyfile/variants/{kind}/{lib}"
-            records.append(manifest.member_record(w.add_bytes(name, data, level=6), "variant"))
+            man.add_member(w.add_bytes(name, data, level=6), "variant")
             members.append(name)
-        packed[kind] = {"members": members, "requires": requires}
-    runtimes: List[Dict] = []
-    for b in fixed.bundles:
-        name = f".pyfile/runtime/{b.tag}.zip"
-        if any(r["member"] == name for r in runtimes):
-            raise UsageError(f"two runtimes for the same target {b.tag}")
+        man.variants[kind] = {"members": members, "requires": requires}
+    if fixed.bundle is not None:
+        b = fixed.bundle
         with open(b.path, "rb") as inp:
-            entry = w.add_stream(name, inp, os.path.getsize(b.path), align=64)
-        records.append(manifest.member_record(entry, "runtime-bundle", 64))
-        runtimes.append(dict(b.info, tag=b.tag, member=name))
-    default = sources[0].name
-    w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch, packed,
-                                               runtimes))
+            entry = w.add_stream(b.member, inp, os.path.getsize(b.path), align=64)
+        man.add_member(entry, "runtime-bundle", 64)
+        man.runtimes = [t.record() for t in b.targets]
+    man.default_model = sources[0].name
+    w.add_bytes(MANIFEST_NAME, man.to_bytes())
     w.close()
     return w.entries

@@ -67,20 +67,29 @@ def cli() -> None:
               help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
-@click.option("--runtime", "runtimes", multiple=True, metavar="WHEELDIR",
-              help="Also carry a runtime built from a folder of wheels (another Python/platform).")
+@click.option("--python", "pythons", default=None, metavar="3.X,3.Y",
+              help="Carry runtimes for these CPython versions only (default: 3.9 to 3.14).")
+@click.option("--wheels", "wheel_dir", default=None, type=click.Path(),
+              help="Take the runtime's wheels from this folder (offline) instead of the index.")
+@click.option("--engine", "engine_wheel", default=None, type=click.Path(),
+              help="Pack this llama-cpp-python wheel (default: the one 'pyfile engine build' "
+                   "made).")
+@click.option("--allow-unportable-engine", is_flag=True,
+              help="Pack a native or new-glibc engine anyway (the file then runs only on "
+                   "machines like this one).")
 def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], slim: bool,
-          runtimes: List[str]) -> None:
+          pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
+          allow_unportable_engine: bool) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
-    from .builder import build as do_build
+    from .builder import RuntimeOptions, build as do_build
     if args_file is not None:
         args_text = args_file.read()
     bar = _Bar("building")
+    runtime = RuntimeOptions(slim, pythons, wheel_dir, engine_wheel, allow_unportable_engine)
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
-                          on_start=bar.start, backends=list(backends), slim=slim,
-                          runtimes=list(runtimes))
+                          on_start=bar.start, backends=list(backends), runtime=runtime)
     finally:
         bar.finish()
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
@@ -160,6 +169,72 @@ def worker(host: str, port: int) -> None:
     """Serve this machine's CPU to a pyfile run with --rpc (no model file needed)."""
     from .runtime.rpc import standalone_worker
     sys.exit(standalone_worker(host, port))
+
+
+@cli.group()
+def engine() -> None:
+    """The portable engine every pyfile carries (built once, cached, reused)."""
+
+
+@engine.command("build")
+@click.option("--source", default=None, type=click.Path(),
+              help="Build from this llama-cpp-python sdist instead of downloading it.")
+@click.option("-j", "--jobs", default=None, type=int, help="Parallel compile jobs.")
+@click.option("--force", is_flag=True, help="Build again even if a cached engine exists.")
+def engine_build(source: Optional[str], jobs: Optional[int], force: bool) -> None:
+    """Compile llama-cpp-python for every x86-64 CPU and glibc 2.28+ (once; ~10 min).
+
+    Prints the wheel's path on stdout; progress goes to stderr.
+    """
+    from .engines import build_engine
+    progress = _StageProgress()
+    try:
+        wheel = build_engine(source, jobs, progress.update, force)
+    finally:
+        progress.finish()
+    click.echo(wheel)
+
+
+@engine.command("check")
+@click.argument("wheel", required=False, type=click.Path())
+def engine_check(wheel: Optional[str]) -> None:
+    """Say whether WHEEL (default: the engine 'pyfile build' would pack) is portable."""
+    from . import engines
+    eng = engines.from_wheel(wheel) if wheel else engines.find_engine(None, True)
+    found = engines.problems(eng)
+    where = eng.origin or "the installed llama-cpp-python"
+    if found:
+        raise engines.EngineBuildError(f"{where}: not portable: {'; '.join(found)}")
+    click.echo(f"pyfile: {where}: portable (llama-cpp-python {eng.version}, needs glibc "
+               f"{engines.glibc_floor(eng)}+, {sum(1 for p in eng.libraries() if '-cpu-' in p)} "
+               f"CPU variants)")
+
+
+class _StageProgress:
+    """A percentage bar on a terminal, a line per stage (and every 10%) otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.last = (-1, "")
+
+    def update(self, pct: int, stage: str) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None and stage == "compiling":
+                self.bar = click.progressbar(length=100, label="compiling the engine",
+                                             file=sys.stderr, show_eta=True)
+                self.bar.__enter__()
+            if self.bar is not None:
+                self.bar.update(max(0, pct - self.bar.pos))
+            elif stage != self.last[1]:
+                click.echo(f"pyfile: {stage}", err=True)
+        elif stage != self.last[1] or pct // 10 > self.last[0] // 10:
+            click.echo(f"pyfile: {stage} ({pct}%)", err=True)
+        self.last = (pct, stage)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 @cli.group()

@@ -13,10 +13,10 @@ import contextlib
 import os
 from typing import Callable, Dict, List, Optional
 
-from . import manifest
 from .builder import DEFAULT_ALIGN, check_align, open_source, source_date_epoch
 from .runtime import argsfile
-from .runtime.archive import ARGS_NAME, MANIFEST_NAME, Archive
+from .runtime.archive import ARGS_NAME, Archive
+from .runtime.manifest import MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 
@@ -45,12 +45,8 @@ def _sha(arch: Archive, name: str) -> str:
 def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
             progress: Progress) -> None:
     with Archive.open(path) as arch:
-        old_records = [r for r in arch.manifest.get("members", [])
-                       if r["name"] not in replace]
-        models = dict(arch.manifest.get("models", {}))
-        default = arch.default_model
-        variants = arch.manifest.get("variants") or {}
-        runtimes = arch.manifest.get("runtimes") or []
+        man = arch.manifest
+        man.members = [r for r in man.members if r["name"] not in replace]
         existing = _existing_entries(arch, set(replace) | {MANIFEST_NAME})
         end = arch.file_size
     epoch = source_date_epoch()
@@ -70,21 +66,20 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
             try:
                 f.seek(end)
                 w = ZipWriter(f, epoch=epoch, existing=existing)
-                records = list(old_records)
                 for name, data in replace.items():
-                    records.append(manifest.member_record(
-                        w.add_bytes(name, data, compress=False), "args"))
+                    man.add_member(w.add_bytes(name, data, compress=False), "args")
                 for src in sources:
                     with open(src.file, "rb") as inp:
                         inp.seek(src.offset)
                         entry = w.add_stream(src.name, inp, src.size, align=align,
                                              progress=progress, origin=src.path)
                     kind = "model" if src.info is not None else "file"
-                    records.append(manifest.member_record(entry, kind, align))
+                    man.add_member(entry, kind, align)
                     if src.info is not None:
-                        models[src.name] = src.info.summary()
-                w.add_bytes(MANIFEST_NAME, manifest.render(records, models, default, epoch,
-                                                           variants, runtimes))
+                        man.models[src.name] = src.info.summary()
+                if epoch is not None:
+                    man.source_date_epoch = epoch
+                w.add_bytes(MANIFEST_NAME, man.to_bytes())
                 w.close()
                 f.flush()
                 os.fsync(f.fileno())

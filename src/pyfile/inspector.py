@@ -37,10 +37,13 @@ def describe(path: str) -> Dict[str, Any]:
                 models[m.name] = gguf.read(path, m.offset, m.size).summary()
         return {
             "kind": "pyfile", "path": path, "size": arch.file_size,
-            "format": arch.manifest.get("format"), "tool": arch.manifest.get("tool"),
-            "engine": arch.manifest.get("engine"),
+            "format": arch.manifest.format, "tool": arch.manifest.tool,
+            "engine": arch.manifest.engine,
             "default_model": arch.default_model, "models": models,
             "args": arch.args_text(), "members": members,
+            "runtimes": [{"python": r.get("python"), "libc": r.get("libc"),
+                          "libc_version": r.get("libc_version"), "machine": r.get("machine")}
+                         for r in arch.manifest.runtimes],
         }
 
 
@@ -78,6 +81,14 @@ def format_text(info: Dict[str, Any]) -> str:
                  f"engine llama-cpp-python {info['engine']}), {info['size']} bytes")
     for name, s in info["models"].items():
         lines += _model_lines(name + (" (default)" if name == info["default_model"] else ""), s)
+    rts = info.get("runtimes") or []
+    if rts:
+        floor = max((str(r.get("libc_version")) for r in rts),
+                    key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
+        lines.append(f"runtime         CPython {', '.join(str(r['python']) for r in rts)} "
+                     f"on {rts[0].get('machine')} Linux, glibc {floor} or newer")
+    else:
+        lines.append("runtime         none (slim: the target needs llama-cpp-python installed)")
     baked = info["args"].strip()
     lines.append(f"baked args      {baked if baked else '(none)'}")
     lines.append("members")

@@ -37,16 +37,13 @@ def main_source() -> bytes:
     return _read("__main__.py").encode("utf-8")
 
 
-def render(preferred_python: str = "") -> bytes:
+def render() -> bytes:
     """The stub bytes: POSIX sh, ending in a newline, with no NUL bytes.
 
-    ``preferred_python`` (e.g. ``python3.11``) is tried before the newest-first list: it is
-    the interpreter the carried runtime was built for.
+    The stub tries newer interpreters first; the runtime inside serves every CPython from
+    3.9 on, so any of them will do.
     """
-    if preferred_python and not re.fullmatch(r"python3\.\d+", preferred_python):
-        raise ValueError(f"bad interpreter name {preferred_python!r}")
     text = _read("stub.sh").replace("@VERSION@", __version__)
-    text = text.replace("@PREFERRED@", preferred_python)
     text = text.replace("@BOOTSTRAP@", bootstrap_source())
     assert "\0" not in text and not re.search(r"@[A-Z]+@", text)
     return text.encode("utf-8")

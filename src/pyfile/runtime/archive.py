@@ -7,7 +7,6 @@ every Python we support. Nothing here executes or imports anything from the arch
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import zipfile
@@ -15,14 +14,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
-from .. import FORMAT_VERSION
 from .errors import ArchiveError, VerifyError
+from .manifest import MANIFEST_NAME, MAX_MEMBERS, Manifest
 
-MANIFEST_NAME = ".pyfile/manifest.json"
 ARGS_NAME = ".args"
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_SMALL_MEMBER = 64 << 20
-MAX_MEMBERS = 100_000
 LOCAL_SIG = b"PK\x03\x04"
 CHUNK = 1 << 20
 
@@ -53,7 +50,7 @@ class Archive:
         self.zf = zf
         self.file_size = file_size
         self.members: Dict[str, Member] = {}
-        self.manifest: Dict[str, Any] = {}
+        self.manifest = Manifest()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -121,11 +118,8 @@ class Archive:
     def _load_manifest(self) -> None:
         if MANIFEST_NAME not in self.members:
             raise ArchiveError(f"{self.path}: not a pyfile (a zip without {MANIFEST_NAME})")
-        try:
-            data = json.loads(self.read(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ArchiveError(f"{self.path}: damaged manifest: {e}") from None
-        self.manifest = check_manifest(data, self.path)
+        self.manifest = Manifest.parse(self.read(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES),
+                                       self.path)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -160,13 +154,10 @@ class Archive:
 
     @property
     def default_model(self) -> Optional[str]:
-        return self.manifest.get("default_model")
+        return self.manifest.default_model
 
     def manifest_entry(self, name: str) -> Optional[Dict[str, Any]]:
-        for entry in self.manifest.get("members", []):
-            if entry["name"] == name:
-                return entry
-        return None
+        return self.manifest.entry(name)
 
     # -- verification -------------------------------------------------------------------------
 
@@ -176,11 +167,11 @@ class Archive:
         Returns the problems found (empty when the file is intact).
         """
         problems: List[str] = []
-        listed = {e["name"] for e in self.manifest.get("members", [])}
+        listed = {e["name"] for e in self.manifest.members}
         for name in self.members:
             if name not in listed and name != MANIFEST_NAME:
                 problems.append(f"member {name!r} is not listed in the manifest")
-        for entry in self.manifest.get("members", []):
+        for entry in self.manifest.members:
             name = entry["name"]
             m = self.members.get(name)
             if m is None:
@@ -242,38 +233,3 @@ class Archive:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_manifest(data: Any, origin: str) -> Dict[str, Any]:
-    """Validate the manifest's shape; raise :class:`ArchiveError` on anything unexpected."""
-    def bad(why: str) -> ArchiveError:
-        return ArchiveError(f"{origin}: damaged manifest: {why}")
-
-    if not isinstance(data, dict):
-        raise bad("not a JSON object")
-    fmt = data.get("format")
-    if not isinstance(fmt, int) or isinstance(fmt, bool):
-        raise bad("no format version")
-    if fmt > FORMAT_VERSION:
-        raise ArchiveError(f"{origin}: made by a newer pyfile (format {fmt}); "
-                           f"this one reads format {FORMAT_VERSION}: upgrade pyfile")
-    members = data.get("members")
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
-        raise bad("'members' must be a list")
-    seen = set()
-    for m in members:
-        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
-            raise bad("a member without a name")
-        for key in ("size", "offset", "align"):
-            v = m.get(key, 0)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise bad(f"member {m['name']!r} has a bad {key!r}")
-        if not isinstance(m.get("sha256", ""), str) or m["name"] in seen:
-            raise bad(f"member {m['name']!r} is malformed or listed twice")
-        seen.add(m["name"])
-    default = data.get("default_model")
-    if default is not None and (not isinstance(default, str) or default not in seen):
-        raise bad("default_model does not name a member")
-    if not isinstance(data.get("models", {}), dict):
-        raise bad("'models' must be an object")
-    return data

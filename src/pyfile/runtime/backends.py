@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import cpu, hardware
 from .engine import ModelSource, import_llama_cpp
 from .errors import BackendError
+from .manifest import Manifest
 
 KIND_OF = {"nvidia": "cuda", "amd": "rocm"}
 LIB_OF = {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so"}
@@ -71,10 +72,10 @@ def _requires(path: str) -> Dict[str, Any]:
         return {}
 
 
-def packed_variants(manifest: Dict[str, Any]) -> Dict[str, Variant]:
+def packed_variants(manifest: Optional[Manifest]) -> Dict[str, Variant]:
     out: Dict[str, Variant] = {}
-    for kind, spec in (manifest.get("variants") or {}).items():
-        if kind in LIB_OF and isinstance(spec, dict):
+    for kind, spec in (manifest.variants if manifest else {}).items():
+        if kind in LIB_OF:
             files = [(m, m.rsplit("/", 1)[-1]) for m in spec.get("members", [])
                      if isinstance(m, str)]
             out[kind] = Variant(kind, dict(spec.get("requires", {})), None, files)
@@ -167,7 +168,7 @@ def plan_gpu(vendor: str, finding: hardware.Finding, variant: Optional[Variant],
 
 
 def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
-           manifest: Optional[Dict[str, Any]] = None, archive_path: Optional[str] = None,
+           manifest: Optional[Manifest] = None, archive_path: Optional[str] = None,
            n_gpu_layers: Optional[int] = None, n_layers: Optional[int] = None,
            root: str = "/") -> Selection:
     """Load the best usable backend into this process and describe it."""
@@ -179,7 +180,7 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     chosen, notes = cpu.choose(llama_cpp, source.path, source.offset, source.name,
                                source.size, engine, verdicts)
     variants = installed_variants(llama_cpp)
-    variants.update(packed_variants(manifest or {}))
+    variants.update(packed_variants(manifest))
     reasons: List[str] = []
     explicit = gpu_flag in KIND_OF
     vendors = [] if gpu_flag == "cpu" else ([gpu_flag] if explicit else ["nvidia", "amd"])

@@ -1,27 +1,43 @@
-"""Run-time: use the runtime bundle carried in the pyfile, when it fits this interpreter.
+"""Run-time: use the runtime carried in the pyfile, for whichever CPython runs it.
 
-The bundle is extracted once into ``<cache>/runtime/<sha256 prefix>/`` (lock, work folder,
-rename), then put first on ``sys.path``. A shared lock on ``<folder>.lock`` is held for the
-life of the process, so ``pyfile cache prune`` can tell which runtimes are in use.
+The runtime member (built by ``pyfile.bundle``) holds a site folder per supported CPython,
+its files stored once by content. The manifest lists the targets with a key per target, so
+a warm start only checks that ``<cache>/runtime/<key>/`` exists: the member itself is opened
+only the first time, to unpack this interpreter's files and compile their bytecode. A
+shared lock on ``<folder>.lock`` is held for the life of the process, so ``pyfile cache
+prune`` can tell which runtimes are in use.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import io
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .archive import Archive
+from .engine import ENGINE_REQUIREMENT
 from .errors import EngineError
-from .cpu import cache_dir
-from .extract import _locked, hold
+from .extract import cached_folder
+
+BUNDLE_FORMAT = 3
+INDEX_NAME = ".pyfile-runtime.json"
+OBJECT_PREFIX = "o/"
+MAX_INDEX_BYTES = 16 << 20
+
+
+def target_key(files: Dict[str, str], links: Dict[str, str]) -> str:
+    """The cache folder name of one target: a digest of its paths and their contents."""
+    h = hashlib.sha256(f"{BUNDLE_FORMAT}".encode())
+    for rel in sorted(files):
+        h.update(f"{rel}\0{files[rel]}\0".encode())
+    for rel in sorted(links):
+        h.update(f"{rel}\0->{links[rel]}\0".encode())
+    return h.hexdigest()[:24]
 
 
 class SliceFile(io.RawIOBase):
@@ -60,8 +76,15 @@ class SliceFile(io.RawIOBase):
         super().close()
 
 
+def _version(v: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (0,)
+
+
 def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
-    """Whether a bundle built for ``info`` can run here, and if not, why not."""
+    """Whether a runtime built for ``info`` can run here, and if not, why not."""
     here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
     libc, libc_version = platform.libc_ver()
     checks = [
@@ -82,26 +105,22 @@ def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
     return True, ""
 
 
-def _version(v: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in v.split("."))
-    except ValueError:
-        return (0,)
+def _pythons(runtimes: List[Dict[str, Any]]) -> str:
+    versions = sorted({str(r.get("python")) for r in runtimes}, key=_version)
+    return ", ".join(versions)
 
 
 def activate(arch: Archive) -> Optional[str]:
     """Make the carried runtime importable if one fits; returns its folder (or None).
 
     A pyfile whose runtimes do not fit falls back on an installed llama-cpp-python; if
-    there is none, the error says what is missing.
+    there is none, the one-line error names the Pythons that would work.
     """
-    runtimes = arch.manifest.get("runtimes") or []
+    runtimes = [r for r in arch.manifest.runtimes if r.get("member") in arch.members]
     if not runtimes or os.environ.get("PYFILE_NO_BUNDLED_RUNTIME"):
         return None
     reasons = []
     for rt in runtimes:
-        if not isinstance(rt, dict) or rt.get("member") not in arch.members:
-            continue
         ok, why = fits(rt)
         if ok:
             folder = _extract(arch, rt)
@@ -110,79 +129,95 @@ def activate(arch: Archive) -> Optional[str]:
             old = os.environ.get("PYTHONPATH")
             os.environ["PYTHONPATH"] = folder + (os.pathsep + old if old else "")
             return folder
-        reasons.append(f"{rt.get('tag')}: needs {why}")
+        reasons.append(why)
     try:
         import llama_cpp  # noqa: F401  an installed engine will do
         return None
     except ImportError:
         pass
-    raise EngineError("this pyfile's runtime does not fit this interpreter ("
-                      + "; ".join(reasons) + f"): run it with a matching Python "
-                      f"(PYFILE_PYTHON=/path/to/python{runtimes[0].get('python', '3')}) or "
-                      f"install the engine: {sys.executable} -m pip install "
-                      f"llama-cpp-python==0.3.36 fastapi uvicorn")
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if all(r.startswith("Python ") for r in reasons):
+        raise EngineError(f"this pyfile runs on CPython {_pythons(runtimes)}, and this is "
+                          f"{sys.implementation.name} {here} ({sys.executable}): run it with "
+                          f"one of those (PYFILE_PYTHON=/path/to/python3.X ./{os.path.basename(arch.path)})")
+    other = next(r for r in reasons if not r.startswith("Python "))
+    raise EngineError(f"this pyfile's runtime does not fit this machine (it needs {other}): "
+                      f"install the engine instead: {sys.executable} -m pip install "
+                      f"{ENGINE_REQUIREMENT} fastapi uvicorn")
 
 
 def _extract(arch: Archive, rt: Dict[str, Any]) -> str:
-    entry = arch.manifest_entry(rt["member"]) or {}
-    key = (entry.get("sha256") or rt["member"])[:24]
-    root = os.path.join(cache_dir(), "runtime")
-    target = os.path.join(root, key)
-    try:
-        os.makedirs(root, exist_ok=True)
-        hold(target)
-        if not os.path.isdir(target):
-            with _locked(os.path.join(root, f".{key}.extract.lock")):
-                if not os.path.isdir(target):
-                    work = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
-                    try:
-                        _unpack(arch, rt["member"], work)
-                        os.rename(work, target)
-                    except BaseException:
-                        shutil.rmtree(work, ignore_errors=True)
-                        raise
-        with contextlib.suppress(OSError):
-            os.utime(target)
-        return target
-    except OSError:
-        # No usable cache (read-only, full): a private folder for this run only.
-        work = tempfile.mkdtemp(prefix="pyfile-runtime-")
-        import atexit
-        atexit.register(shutil.rmtree, work, True)
-        try:
-            _unpack(arch, rt["member"], work)
-        except OSError as e:
-            raise EngineError(f"cannot unpack the runtime (no writable cache and {e})") from None
-        return work
+    key = str(rt.get("key") or "")
+    if len(key) < 16 or not all(c in "0123456789abcdef" for c in key):
+        raise EngineError(f"{arch.path}: damaged manifest: bad runtime key {key!r}")
+    return cached_folder("runtime", key, lambda work: _unpack(arch, rt, work))
 
 
-def _unpack(arch: Archive, member: str, dest: str) -> None:
-    m = arch.member(member)
+def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
+    """Write this interpreter's files of the runtime member into ``dest`` and compile them."""
+    m = arch.member(rt["member"])
     if not m.stored:
         raise EngineError(f"{arch.path}: the runtime member must be stored")
+    real = os.path.realpath(dest)
+
+    def inside(rel: str) -> str:
+        path = os.path.realpath(os.path.join(dest, rel))
+        if not path.startswith(real + os.sep):
+            raise EngineError(f"{arch.path}: runtime entry {rel!r} escapes its folder")
+        return path
+
     with SliceFile(arch.path, m.offset, m.size) as raw, \
             zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as zf:
-        meta = json.loads(zf.read(".pyfile-bundle.json"))
-        real = os.path.realpath(dest)
-        for info in zf.infolist():
-            name = info.filename
-            if name == ".pyfile-bundle.json" or name.endswith("/"):
-                continue
-            path = os.path.realpath(os.path.join(dest, name))
-            if not path.startswith(real + os.sep):
-                raise EngineError(f"{arch.path}: runtime entry {name!r} escapes its folder")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with zf.open(info) as src, open(path, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            if (info.external_attr >> 16) & 0o111:
+        try:
+            info = zf.getinfo(INDEX_NAME)
+            if info.file_size > MAX_INDEX_BYTES:
+                raise ValueError("index too large")
+            index = json.loads(zf.read(INDEX_NAME))
+            mine = index["targets"][rt["python"]]
+            files, links = dict(mine["files"]), dict(mine.get("links") or {})
+        except (KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            raise EngineError(f"{arch.path}: damaged runtime index ({e})") from None
+        if target_key(files, links) != rt["key"]:
+            raise EngineError(f"{arch.path}: the runtime index does not match the manifest")
+        made = set()
+        for rel in sorted(files):
+            path = inside(rel)
+            parent = os.path.dirname(path)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            sha = hashlib.sha256()
+            try:
+                with zf.open(OBJECT_PREFIX + files[rel]) as src, open(path, "wb") as out:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        sha.update(chunk)
+                        out.write(chunk)
+            except KeyError:
+                raise EngineError(f"{arch.path}: runtime file {rel!r} is missing") from None
+            if sha.hexdigest() != files[rel]:
+                raise EngineError(f"{arch.path}: runtime file {rel!r} is damaged")
+            if ".so" in rel:
                 os.chmod(path, 0o755)
-        if not meta.get("bytecode"):  # built elsewhere: compile once, here, for this Python
-            import compileall
-            import py_compile
-            compileall.compile_dir(dest, quiet=2, workers=0 if os.cpu_count() else 1,
-                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-        for rel, target in (meta.get("links") or {}).items():
-            link = os.path.realpath(os.path.join(dest, rel))
-            if not link.startswith(real + os.sep) or "/" in target or target in ("..", "."):
+        for rel, target in links.items():
+            if "/" in target or target in ("..", ".", ""):
                 raise EngineError(f"{arch.path}: bad runtime link {rel!r}")
-            os.symlink(target, link)
+            os.symlink(target, inside(rel))
+    _compile(dest)
+
+
+def _compile(folder: str) -> None:
+    """Bytecode for this interpreter, once (unchecked hashes: never stale, never rewritten)."""
+    import compileall
+    import py_compile
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    try:  # all cores; a worker pool needs working semaphores (/dev/shm), which a bare
+        compileall.compile_dir(folder, quiet=2, workers=0, invalidation_mode=mode)
+    except (OSError, ImportError, NotImplementedError):  # chroot or container may lack
+        compileall.compile_dir(folder, quiet=2, workers=1, invalidation_mode=mode)
+
+
+__all__ = ["activate", "fits", "target_key", "SliceFile", "BUNDLE_FORMAT", "INDEX_NAME",
+           "OBJECT_PREFIX"]

@@ -20,7 +20,9 @@ from typing import Any, Optional
 
 from .errors import EngineError
 
-ENGINE_REQUIREMENT = "llama-cpp-python==0.3.36"
+#: The one llama-cpp-python release pyfile runs on (engine.py mirrors a private part of it).
+ENGINE_VERSION = "0.3.36"
+ENGINE_REQUIREMENT = f"llama-cpp-python=={ENGINE_VERSION}"
 
 
 @dataclass(frozen=True)

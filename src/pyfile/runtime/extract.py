@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 from .archive import Archive
 from .cpu import cache_dir
@@ -79,16 +79,16 @@ def _write_member(arch: Archive, name: str, dest: str) -> None:
         raise ArchiveError(f"{arch.path}: member {name!r} is damaged (SHA-256 mismatch)")
 
 
-def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
-    """Extract ``(member, relative path)`` pairs; return the folder that holds them."""
-    digest = hashlib.sha256()
-    for member, rel in sorted(files):
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise ArchiveError(f"{arch.path}: unsafe path {rel!r}")
-        entry = arch.manifest_entry(member) or {}
-        digest.update(f"{rel}\0{entry.get('sha256', member)}\0".encode())
-    key = digest.hexdigest()[:24]
-    root = os.path.join(cache_dir(), "native")
+def cached_folder(kind: str, key: str, fill: Callable[[str], None]) -> str:
+    """``<cache>/<kind>/<key>``, filled once by ``fill(work_folder)`` under a lock.
+
+    The work folder is a sibling of the target and renamed into place, so a reader never
+    sees a half-filled folder, and the loser of a race finds the winner's. A shared lock on
+    ``<target>.lock`` is held for this process's life ("in use" for ``pyfile cache
+    prune``). With no usable cache (read-only, full), a private temporary folder is filled
+    for this run only and removed at exit.
+    """
+    root = os.path.join(cache_dir(), kind)
     target = os.path.join(root, key)
     try:
         os.makedirs(root, exist_ok=True)
@@ -101,19 +101,34 @@ def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
                 return target
             work = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
             try:
-                _fill(arch, files, work)
+                fill(work)
                 os.rename(work, target)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
         return target
     except OSError:
-        # Read-only or full cache: extract privately for this run (removed at exit).
-        work = tempfile.mkdtemp(prefix="pyfile-native-")
+        work = tempfile.mkdtemp(prefix=f"pyfile-{kind}-")
         import atexit
         atexit.register(shutil.rmtree, work, True)
-        _fill(arch, files, work)
+        try:
+            fill(work)
+        except OSError as e:
+            raise ArchiveError(f"cannot unpack into the cache or a temporary folder "
+                               f"({e.strerror or e})") from None
         return work
+
+
+def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
+    """Extract ``(member, relative path)`` pairs; return the folder that holds them."""
+    digest = hashlib.sha256()
+    for member, rel in sorted(files):
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise ArchiveError(f"{arch.path}: unsafe path {rel!r}")
+        entry = arch.manifest_entry(member) or {}
+        digest.update(f"{rel}\0{entry.get('sha256', member)}\0".encode())
+    return cached_folder("native", digest.hexdigest()[:24],
+                         lambda work: _fill(arch, files, work))
 
 
 def _fill(arch: Archive, files: List[Tuple[str, str]], work: str) -> None:
@@ -128,9 +143,3 @@ def _fill(arch: Archive, files: List[Tuple[str, str]], work: str) -> None:
 def _touch(path: str) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
-
-
-def variant_files(arch: Archive) -> Dict[str, Dict]:
-    """The manifest's GPU/CPU variants: kind -> {"members": [...], "requires": {...}}."""
-    v = arch.manifest.get("variants", {})
-    return v if isinstance(v, dict) else {}

@@ -132,7 +132,7 @@ def resolve_model(arch: Archive, name: Optional[str]) -> ModelSource:
             if other.default_model is None:
                 raise InputError(f"{name}: this pyfile holds no model")
             return _member_source(other, other.default_model)
-    models = [m["name"] for m in arch.manifest.get("members", []) if m.get("kind") == "model"]
+    models = arch.manifest.names("model")
     raise InputError(f"-m {name}: no such model in this file ({', '.join(models) or 'none'}) "
                      f"and no such file")
 
@@ -154,10 +154,10 @@ def print_version(arch: Archive, source: ModelSource) -> int:
         engine = version("llama-cpp-python")
     except Exception:
         engine = "not installed"
-    summary = arch.manifest.get("models", {}).get(source.name, {})
+    summary = arch.manifest.models.get(source.name, {})
     print(f"pyfile {__version__} (format {FORMAT_VERSION}; built by "
-          f"{arch.manifest.get('tool')})")
-    print(f"llama-cpp-python {engine} (built with {arch.manifest.get('engine')})")
+          f"{arch.manifest.tool})")
+    print(f"llama-cpp-python {engine} (built with {arch.manifest.engine})")
     print(f"model {source.name}: {summary.get('name')} ({summary.get('architecture')}, "
           f"{summary.get('quantization')})")
     return 0

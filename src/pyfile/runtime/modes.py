@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 from . import backends
 from .engine import ModelSource, create_llama
 from .errors import InputError, UsageError
+from .manifest import Manifest
 
 MAX_PROMPT_FILE = 64 << 20
 
@@ -21,9 +22,9 @@ class Loader:
     """
 
     def __init__(self, source: ModelSource, opts: Any,
-                 manifest: Optional[Dict[str, Any]] = None,
+                 manifest: Optional[Manifest] = None,
                  archive_path: Optional[str] = None) -> None:
-        summary = ((manifest or {}).get("models") or {}).get(source.name) or {}
+        summary = (manifest.models if manifest else {}).get(source.name) or {}
         self.source = source
         self.selection = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
                                          archive_path=archive_path,
@@ -59,7 +60,7 @@ class Loader:
         return FileGuard(self.source.path, self.source.offset)
 
 
-def load(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = None,
+def load(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
          archive_path: Optional[str] = None) -> Any:
     """Select the backend, then create the ``Llama`` with the weights mapped in place."""
     loader = Loader(source, opts, manifest, archive_path)

@@ -1,0 +1,54 @@
+"""Build-time cache: portable engines, fetched wheels and assembled runtime bundles.
+
+One root for everything a *builder* reuses between builds (``$PYFILE_BUILD_CACHE``, else
+``$XDG_CACHE_HOME/pyfile/build``, else ``~/.cache/pyfile/build``), one sub-folder per kind.
+It is apart from the run-time cache (``$PYFILE_CACHE_DIR``) on purpose: pointing a run at a
+fresh run-time cache must not make the next build download and compile everything again. Entries are
+published atomically: filled in a sibling work folder, then renamed into place, so an
+interrupted build never leaves a half-written entry that a later build would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+CACHE_ENV = "PYFILE_BUILD_CACHE"
+
+
+def root() -> str:
+    base = os.environ.get(CACHE_ENV)
+    if base:
+        return base
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pyfile", "build")
+
+
+def folder(kind: str) -> str:
+    """``<root>/<kind>`` (not created)."""
+    return os.path.join(root(), kind)
+
+
+@contextlib.contextmanager
+def publishing(target: str) -> Iterator[str]:
+    """Yield a fresh work folder; on success it becomes ``target`` (losing a race is fine)."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".", dir=parent)
+    try:
+        yield work
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+            shutil.rmtree(work, ignore_errors=True)  # another build published it first
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+__all__ = ["CACHE_ENV", "root", "folder", "publishing"]

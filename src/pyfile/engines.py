@@ -1,0 +1,330 @@
+"""Build-time: the engine that travels inside every pyfile, built once to run anywhere.
+
+llama-cpp-python is ctypes plus shared libraries, so ONE build of it serves every CPython.
+What makes a build portable is how its libraries were compiled:
+
+* all of ggml's CPU variants as loadable modules (``libggml-cpu-<arch>.so``) instead of one
+  ``-march=native`` library, which dies with SIGILL on CPUs unlike the builder's;
+* a C library floor old enough for the targets we promise (glibc 2.31: Debian 11, Ubuntu
+  20.04). A compiler built on a new distribution links against its new glibc, so we compile
+  with zig (PyPI package ``ziglang``), which targets a chosen glibc version (2.28) and links
+  LLVM's libc++ statically (no libstdc++ or libgomp dependency). Debian 11's own gcc 10 was
+  tried and cannot build every CPU variant (see the research notes).
+
+:func:`build_engine` compiles such a wheel once (``pyfile engine build``) into the build
+cache; :func:`find_engine` picks the engine for ``pyfile build`` and :func:`problems`
+says why an engine is not portable.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import buildcache, elf
+from .runtime.engine import ENGINE_VERSION
+from .runtime.errors import InputError, PyfileError, UsageError
+
+ZIG_VERSION = "0.17.1"
+#: The glibc the engine is compiled against; every target with this or newer loads it.
+TARGET_GLIBC = "2.28"
+#: The oldest glibc a pyfile promises to run on (Debian 11, Ubuntu 20.04).
+PROMISED_GLIBC = (2, 31)
+#: libstdc++ of that floor (GCC 10): newer symbol versions would not resolve there.
+PROMISED_GLIBCXX = (3, 4, 28)
+CMAKE_FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON",
+               "-DGGML_RPC=ON", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF")
+#: Libraries a portable engine may not need: minimal systems lack them.
+UNPORTABLE_LIBS = ("libgomp.so.1",)
+WHEEL_GLOB = "llama_cpp_python-*.whl"
+CPU_VARIANT = re.compile(r"(^|/)libggml-cpu-[a-z0-9_]+\.so$")
+#: What of a llama-cpp-python install a runtime needs: the package, and the CPU variants
+#: that some builds put in a top-level bin/ folder of site-packages.
+ENGINE_FILE = re.compile(r"(llama_cpp/|bin/libggml)")
+LIB_NAME = re.compile(r"\.so(\.\d+)*$")
+
+
+class EngineBuildError(PyfileError):
+    """Compiling the portable engine failed."""
+
+
+@dataclass
+class Engine:
+    """An engine to pack: a wheel file, or the llama-cpp-python installed here."""
+
+    origin: str  # the wheel, or the installed package's folder (for messages)
+    files: Dict[str, bytes] = field(default_factory=dict)  # path inside site-packages -> bytes
+    version: str = ""
+
+    def libraries(self) -> List[str]:
+        return sorted(p for p in self.files if LIB_NAME.search(p))
+
+
+# -- reading engines -----------------------------------------------------------------------
+
+def from_wheel(path: str) -> Engine:
+    """Read a llama-cpp-python wheel (the files a pip install would put in site-packages)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"--engine {path}: not a readable wheel: {e}") from None
+    eng = Engine(path)
+    with zf:
+        for info in zf.infolist():
+            rel = info.filename
+            m = re.match(r"[^/]+\.data/(purelib|platlib)/(.*)", rel)
+            if m:
+                rel = m.group(2)
+            elif ".data/" in rel.split("/")[0] or info.is_dir():
+                continue
+            if rel.startswith("llama_cpp_python-") and rel.split("/")[0].endswith(".dist-info"):
+                if rel.endswith("/METADATA"):  # kept: importlib.metadata reads the version
+                    eng.files[rel] = zf.read(info)
+                    v = re.search(rb"^Version: (\S+)", eng.files[rel], re.M)
+                    eng.version = v.group(1).decode() if v else ""
+                continue
+            if ENGINE_FILE.match(rel):
+                eng.files[rel] = zf.read(info)
+    if not eng.files:
+        raise InputError(f"--engine {path}: not a llama-cpp-python wheel (no llama_cpp/)")
+    return eng
+
+
+def installed() -> Optional[Engine]:
+    """The llama-cpp-python of this environment, or None."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return None
+    eng = Engine("", version=dist.version)
+    for f in dist.files or []:
+        rel = str(f).replace(os.sep, "/")
+        if rel.endswith(".dist-info/METADATA"):
+            eng.files[rel] = (dist.read_text("METADATA") or "").encode("utf-8")
+            continue
+        if not ENGINE_FILE.match(rel) or "__pycache__" in rel:
+            continue
+        full = str(dist.locate_file(f))
+        if os.path.isfile(full):
+            with open(full, "rb") as fh:
+                eng.files[rel] = fh.read()
+            eng.origin = eng.origin or full.split("llama_cpp/")[0] + "llama_cpp"
+    return eng if eng.files else None
+
+
+def problems(eng: Engine) -> List[str]:
+    """Why ``eng`` would not run on every x86-64 CPU with glibc >= 2.31 (empty: portable)."""
+    out: List[str] = []
+    if eng.version and eng.version != ENGINE_VERSION:
+        out.append(f"it is llama-cpp-python {eng.version}, pyfile needs {ENGINE_VERSION}")
+    libs = eng.libraries()
+    if not any(CPU_VARIANT.search(p) for p in libs):
+        out.append("it is a native build without CPU variants (libggml-cpu-*.so), so it "
+                   "dies with SIGILL on CPUs unlike the builder's")
+    worst: Dict[str, Tuple[Tuple[int, ...], str]] = {}
+    for rel in libs:
+        try:
+            needs = elf.read_needs(eng.files[rel])
+        except elf.ELFError:
+            continue
+        for prefix in ("GLIBC", "GLIBCXX"):
+            v = needs.newest(prefix)
+            if v and (prefix not in worst or v > worst[prefix][0]):
+                worst[prefix] = (v, rel.rsplit("/", 1)[-1])
+        for lib in needs.libraries:
+            if lib in UNPORTABLE_LIBS:
+                out.append(f"{rel.rsplit('/', 1)[-1]} needs {lib}, which minimal systems lack")
+    for prefix, floor in (("GLIBC", PROMISED_GLIBC), ("GLIBCXX", PROMISED_GLIBCXX)):
+        if prefix in worst and worst[prefix][0] > floor:
+            v, lib = worst[prefix]
+            out.append(f"{lib} needs {prefix}_{elf.version_text(v)}, newer than "
+                       f"{'glibc' if prefix == 'GLIBC' else 'libstdc++'} "
+                       f"{elf.version_text(floor)} of Debian 11")
+    return out
+
+
+def glibc_floor(eng: Engine) -> str:
+    """The newest GLIBC version any library of ``eng`` needs, as text ("2.27")."""
+    best: Optional[Tuple[int, ...]] = None
+    for rel in eng.libraries():
+        try:
+            v = elf.read_needs(eng.files[rel]).newest("GLIBC")
+        except elf.ELFError:
+            continue
+        if v and (best is None or v > best):
+            best = v
+    return elf.version_text(best) if best else "2.17"
+
+
+# -- choosing the engine for a build -------------------------------------------------------
+
+def engines_dir() -> str:
+    return buildcache.folder("engines")
+
+
+def cached_wheels() -> List[str]:
+    """Portable engine wheels built by ``pyfile engine build``, newest first."""
+    found = glob.glob(os.path.join(engines_dir(), f"llama-cpp-python-{ENGINE_VERSION}-*",
+                                   WHEEL_GLOB))
+    return sorted(found, key=os.path.getmtime, reverse=True)
+
+
+HOW_TO_GET = (f"run 'pyfile engine build' once (it compiles llama-cpp-python {ENGINE_VERSION} "
+              f"for every x86-64 CPU and glibc {TARGET_GLIBC}+, about 10 minutes on 2 cores), "
+              f"or give --engine WHEEL")
+
+
+def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False) -> Engine:
+    """The engine to pack: ``--engine WHEEL``, else the cached portable build, else the
+    installed one if it is portable. An unportable engine is refused unless allowed."""
+    if wheel:
+        eng = from_wheel(wheel)
+    else:
+        cached = cached_wheels()
+        eng = from_wheel(cached[0]) if cached else installed()
+        if eng is None:
+            raise InputError(f"no engine to pack: {HOW_TO_GET}")
+    found = problems(eng)
+    if found and not allow_unportable:
+        where = eng.origin or "the installed llama-cpp-python"
+        raise InputError(f"refusing to pack the engine from {where}: {found[0]}; {HOW_TO_GET} "
+                         f"(--allow-unportable-engine packs it anyway, for this machine only)")
+    if eng.version and eng.version != ENGINE_VERSION:
+        raise InputError(f"{eng.origin}: llama-cpp-python {eng.version} cannot be packed; "
+                         f"pyfile runs on {ENGINE_VERSION} only")
+    return eng
+
+
+# -- building the portable engine ----------------------------------------------------------
+
+Progress = Optional[Callable[[int, str], None]]
+
+
+def build_key() -> str:
+    text = "|".join([ENGINE_VERSION, ZIG_VERSION, TARGET_GLIBC, *CMAKE_FLAGS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pip(*args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+         on_line: Optional[Callable[[str], None]] = None) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    with open(log or os.devnull, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, errors="replace")
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                if on_line:
+                    on_line(line)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        code = proc.wait()
+    if code:
+        raise EngineBuildError(f"'pip {args[0]}' failed (exit {code}); the full log is {log}"
+                               if log else f"'pip {' '.join(args)}' failed (exit {code})")
+
+
+def _zig(tools: str, log: str) -> str:
+    """The zig compiler from the ``ziglang`` wheel, unpacked once into the build cache."""
+    target = os.path.join(tools, f"zig-{ZIG_VERSION}")
+    exe = os.path.join(target, "ziglang", "zig")
+    if os.path.isfile(exe):
+        return exe
+    with tempfile.TemporaryDirectory() as d:
+        _pip("download", "--quiet", "--no-deps", "--only-binary", ":all:", "-d", d,
+             f"ziglang=={ZIG_VERSION}", log=log)
+        (wheel,) = glob.glob(os.path.join(d, "ziglang-*.whl"))
+        with buildcache.publishing(target) as work:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(work)
+            os.chmod(os.path.join(work, "ziglang", "zig"), 0o755)
+    return exe
+
+
+def _wrappers(zig: str, folder: str) -> Dict[str, str]:
+    """CMake wants one executable per tool: tiny sh scripts around ``zig``."""
+    out = {}
+    for name, sub in (("cc", f"cc -target x86_64-linux-gnu.{TARGET_GLIBC}"),
+                      ("c++", f"c++ -target x86_64-linux-gnu.{TARGET_GLIBC}"),
+                      ("ar", "ar"), ("ranlib", "ranlib")):
+        path = os.path.join(folder, f"zig-{name}")
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\nexec "{zig}" {sub} "$@"\n')
+        os.chmod(path, 0o755)
+        out[name] = path
+    return out
+
+
+def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
+                 progress: Progress = None, force: bool = False) -> str:
+    """Compile the portable engine wheel once; return its path in the build cache.
+
+    ``source``: a llama-cpp-python sdist to build from (default: downloaded). ``progress``
+    receives (percent, stage). Raises :class:`EngineBuildError` with the log's path.
+    """
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        raise UsageError("pyfile engine build makes x86-64 Linux engines and runs on x86-64 "
+                         "Linux only")
+    target = os.path.join(engines_dir(), f"llama-cpp-python-{ENGINE_VERSION}-{build_key()}")
+    done = glob.glob(os.path.join(target, WHEEL_GLOB))
+    if done and not force:
+        return done[0]
+    if force and os.path.isdir(target):
+        shutil.rmtree(target)
+    os.makedirs(engines_dir(), exist_ok=True)
+    log = os.path.join(engines_dir(), f"build-{build_key()}.log")
+    with open(log, "w"):
+        pass
+    say = progress or (lambda pct, stage: None)
+    say(0, "fetching zig and the llama-cpp-python source")
+    zig = _zig(buildcache.folder("tools"), log)
+    with buildcache.publishing(target) as work, tempfile.TemporaryDirectory() as scratch:
+        if source is None:
+            _pip("download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", scratch,
+                 f"llama-cpp-python=={ENGINE_VERSION}", log=log)
+            (source,) = glob.glob(os.path.join(scratch, "llama_cpp_python-*.tar.gz"))
+        elif not os.path.isfile(source):
+            raise InputError(f"--source {source}: no such file")
+        tools = _wrappers(zig, scratch)
+        flags = [f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['c++']}",
+                 f"-DCMAKE_AR={tools['ar']}", f"-DCMAKE_RANLIB={tools['ranlib']}",
+                 *CMAKE_FLAGS]
+        env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
+                   CMAKE_GENERATOR="Unix Makefiles",  # Ninja loops on "still dirty" with zig
+                   CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
+        env.pop("MAKEFLAGS", None)
+
+        def on_line(line: str) -> None:
+            m = re.match(r"\s*\[\s*(\d+)%\]", line)
+            if m:
+                say(int(m.group(1)), "compiling")
+
+        say(1, "compiling")
+        _pip("wheel", "-v", "--no-deps", "--no-cache-dir", "-w", work, source, log=log,
+             env=env, on_line=on_line)
+        (wheel,) = glob.glob(os.path.join(work, WHEEL_GLOB))
+        found = problems(from_wheel(wheel))
+        if found:
+            raise EngineBuildError(f"the engine built but is not portable: {found[0]} "
+                                   f"(log: {log})")
+    say(100, "done")
+    return glob.glob(os.path.join(target, WHEEL_GLOB))[0]
+
+
+__all__ = ["Engine", "EngineBuildError", "build_engine", "find_engine", "problems",
+           "from_wheel", "installed", "cached_wheels", "glibc_floor", "PROMISED_GLIBC"]
