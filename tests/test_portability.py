@@ -259,3 +259,15 @@ def test_pip_install_from_a_checkout_then_build(real_model, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run(out, bare_env(dict(pyenv_pythons())["3.10"], tmp_path))
     assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
+
+
+def test_llama_cpp_warnings_stay_quiet_without_v(smol_pyfile, tmp_path):
+    """-c 16384 > the model's 8192: llama.cpp warns; only -v shows it."""
+    py = dict(pyenv_pythons())["3.11"]
+    args = ["--chat", "-p", "Hi", "-n", "4", "--temp", "0", "-c", "16384"]
+    r = run(smol_pyfile, bare_env(py, tmp_path), *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [next(iter(r.stderr.splitlines()))]
+    assert r.stderr.startswith("pyfile: backend cpu")
+    r = run(smol_pyfile, bare_env(py, tmp_path), *args, "-v")
+    assert r.returncode == 0 and "n_ctx_seq (16384) > n_ctx_train (8192)" in r.stderr

@@ -173,8 +173,8 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
            root: str = "/") -> Selection:
     """Load the best usable backend into this process and describe it."""
     llama_cpp = import_llama_cpp()
-    from llama_cpp._logger import set_verbose
-    set_verbose(verbose)  # ggml logs while loading backends; quiet unless -v
+    from . import logs
+    logs.route(llama_cpp, verbose)  # ggml logs while loading backends; quiet unless -v
     engine = getattr(llama_cpp, "__version__", "?")
     verdicts = cpu.Verdicts()  # one read of the verdict file serves CPU and GPU choices
     chosen, notes = cpu.choose(llama_cpp, source.path, source.offset, source.name,

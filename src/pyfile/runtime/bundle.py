@@ -27,6 +27,7 @@ from .extract import cached_folder
 BUNDLE_FORMAT = 3
 INDEX_NAME = ".pyfile-runtime.json"
 OBJECT_PREFIX = "o/"
+XZ_SUFFIX = ".xz"  # a member holding an xz stream (stored), listed in the index's "xz"
 MAX_INDEX_BYTES = 16 << 20
 
 
@@ -175,6 +176,7 @@ def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
             index = json.loads(zf.read(INDEX_NAME))
             mine = index["targets"][rt["python"]]
             files, links = dict(mine["files"]), dict(mine.get("links") or {})
+            packed = set(index.get("xz") or [])
         except (KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
             raise EngineError(f"{arch.path}: damaged runtime index ({e})") from None
         if target_key(files, links) != rt["key"]:
@@ -187,16 +189,25 @@ def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
             sha = hashlib.sha256()
+            xz = files[rel] in packed
             try:
-                with zf.open(OBJECT_PREFIX + files[rel]) as src, open(path, "wb") as out:
+                with zf.open(OBJECT_PREFIX + files[rel] + (XZ_SUFFIX if xz else "")) as src, \
+                        open(path, "wb") as out:
+                    unxz = _unxz() if xz else None
                     while True:
                         chunk = src.read(1 << 20)
                         if not chunk:
                             break
+                        if unxz is not None:
+                            chunk = unxz.decompress(chunk)
                         sha.update(chunk)
                         out.write(chunk)
             except KeyError:
                 raise EngineError(f"{arch.path}: runtime file {rel!r} is missing") from None
+            except (OSError, EOFError) as e:
+                if not xz or isinstance(e, FileNotFoundError):
+                    raise
+                raise EngineError(f"{arch.path}: runtime file {rel!r} is damaged ({e})") from None
             if sha.hexdigest() != files[rel]:
                 raise EngineError(f"{arch.path}: runtime file {rel!r} is damaged")
             if ".so" in rel:
@@ -206,6 +217,16 @@ def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
                 raise EngineError(f"{arch.path}: bad runtime link {rel!r}")
             os.symlink(target, inside(rel))
     _compile(dest)
+
+
+def _unxz() -> Any:
+    try:
+        import lzma
+    except ImportError:
+        raise EngineError(f"this Python ({sys.executable}) was built without the lzma module, "
+                          f"which unpacking the runtime needs: run the file with another "
+                          f"Python (PYFILE_PYTHON=...)") from None
+    return lzma.LZMADecompressor()
 
 
 def _compile(folder: str) -> None:

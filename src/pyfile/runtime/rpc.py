@@ -368,8 +368,8 @@ def _worker_child(variant: str, host: str, port: str) -> int:
     from . import cpu
     from .engine import import_llama_cpp
     llama_cpp = import_llama_cpp()
-    from llama_cpp._logger import set_verbose
-    set_verbose(False)
+    from . import logs
+    logs.route(llama_cpp, False)
     if variant != "builtin" and not cpu.load_backend(variant):
         return 3
     return serve_worker(llama_cpp, host, int(port), "cpu")
