@@ -150,21 +150,32 @@ def test_input_that_shrinks_while_read(tmp_path):
 
 
 def test_unpacking_never_writes_outside_its_folder(tmp_path, slim):
-    """A runtime bundle whose entries climb out of the folder is refused, and so is a packed
-    variant with such a path."""
-    from pyfile.runtime.bundle import _unpack
+    """A runtime whose index sends a file (or a link) out of the folder is refused, and so is
+    a packed variant with such a path."""
+    import hashlib
+    import json
+    from pyfile.runtime.bundle import _unpack, target_key
     from pyfile.runtime.extract import extract
+    sha = hashlib.sha256(b"bad").hexdigest()
     evil = tmp_path / "evil.zip"
+    files = {"ok.txt": sha, "../../escaped.txt": sha}
     with zipfile.ZipFile(evil, "w") as zf:
-        zf.writestr(".pyfile-bundle.json", "{}")
-        zf.writestr("ok.txt", "fine")
-        zf.writestr("../../escaped.txt", "bad")
+        zf.writestr(".pyfile-runtime.json", json.dumps(
+            {"format": 3, "targets": {"3.11": {"files": files, "links": {}},
+                                      "3.12": {"files": {"ok.txt": sha},
+                                               "links": {"lib.so": "../../escaped.txt"}}}}))
+        zf.writestr("o/" + sha, "bad")
     assert pyfile_cli("add", str(slim), str(evil)).returncode == 0
     dest = tmp_path / "dest" / "inner"
     dest.mkdir(parents=True)
     with Archive.open(str(slim)) as arch:
+        rt = {"member": "evil.zip", "python": "3.11", "key": target_key(files, {})}
         with pytest.raises(PyfileError, match="escapes its folder"):
-            _unpack(arch, "evil.zip", str(dest))
+            _unpack(arch, rt, str(dest))
+        rt = {"member": "evil.zip", "python": "3.12",
+              "key": target_key({"ok.txt": sha}, {"lib.so": "../../escaped.txt"})}
+        with pytest.raises(PyfileError, match="bad runtime link"):
+            _unpack(arch, rt, str(dest))
         with pytest.raises(PyfileError, match="unsafe path"):
             extract(arch, [("evil.zip", "../x.so")])
     assert not (tmp_path / "escaped.txt").exists()
