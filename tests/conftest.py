@@ -16,6 +16,9 @@ from ggufgen import write_tiny
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MODEL_ENV = "PYFILE_TEST_MODEL"
+# Builds reuse the engine, wheels and runtimes that `make setup` cached (as the Makefile says).
+os.environ.setdefault("PYFILE_BUILD_CACHE",
+                      os.path.join(os.path.expanduser("~"), ".cache", "pyfile-dev", "build"))
 
 
 def run_env(**extra: str) -> Dict[str, str]:

@@ -10,13 +10,9 @@ prune`` can tell which runtimes are in use.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import platform
 import sys
-import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from .archive import Archive
@@ -33,6 +29,7 @@ MAX_INDEX_BYTES = 16 << 20
 
 def target_key(files: Dict[str, str], links: Dict[str, str]) -> str:
     """The cache folder name of one target: a digest of its paths and their contents."""
+    import hashlib
     h = hashlib.sha256(f"{BUNDLE_FORMAT}".encode())
     for rel in sorted(files):
         h.update(f"{rel}\0{files[rel]}\0".encode())
@@ -87,14 +84,14 @@ def _version(v: str) -> Tuple[int, ...]:
 def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
     """Whether a runtime built for ``info`` can run here, and if not, why not."""
     here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    libc, libc_version = platform.libc_ver()
+    libc, libc_version = _libc()
     checks = [
         (info.get("implementation") == sys.implementation.name,
          f"{info.get('implementation')} (this is {sys.implementation.name})"),
         (info.get("python") == here_py, f"Python {info.get('python')} (this is {here_py})"),
         (info.get("os") == sys.platform, f"{info.get('os')} (this is {sys.platform})"),
-        (info.get("machine") == platform.machine(),
-         f"{info.get('machine')} (this is {platform.machine()})"),
+        (info.get("machine") == os.uname().machine,
+         f"{info.get('machine')} (this is {os.uname().machine})"),
         (info.get("libc") == (libc or "unknown"), f"{info.get('libc')} (this has "
                                                    f"{libc or 'another C library'})"),
         (_version(libc_version) >= _version(str(info.get("libc_version", "0"))),
@@ -104,6 +101,19 @@ def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
         if not ok:
             return False, why
     return True, ""
+
+
+def _libc() -> Tuple[str, str]:
+    """("glibc", "2.36") from the C library itself (platform.libc_ver() reads the whole
+    interpreter binary to guess it: milliseconds on every start)."""
+    try:
+        name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+        if name == "glibc" and version:
+            return name, version
+    except (AttributeError, ValueError, OSError):
+        pass
+    import platform
+    return platform.libc_ver()
 
 
 def _pythons(runtimes: List[Dict[str, Any]]) -> str:
@@ -156,6 +166,9 @@ def _extract(arch: Archive, rt: Dict[str, Any]) -> str:
 
 def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
     """Write this interpreter's files of the runtime member into ``dest`` and compile them."""
+    import hashlib
+    import json
+    import zipfile
     m = arch.member(rt["member"])
     if not m.stored:
         raise EngineError(f"{arch.path}: the runtime member must be stored")
