@@ -7,6 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from pyfile.runtime.engine import GGUF_MAGIC
+
 
 def write_tiny(path: str, *, n_tensors: int = 3, seed: int = 0, name: str = "tiny",
                alignment: Optional[int] = None, big_tensor: int = 0) -> str:
@@ -32,7 +34,7 @@ def write_tiny(path: str, *, n_tensors: int = 3, seed: int = 0, name: str = "tin
     return path
 
 
-def header(n_tensors: int, n_kv: int, version: int = 3, magic: bytes = b"GGUF") -> bytes:
+def header(n_tensors: int, n_kv: int, version: int = 3, magic: bytes = GGUF_MAGIC) -> bytes:
     """Just a GGUF header: for hostile-count and truncation tests."""
     return magic + struct.pack("<IQQ", version, n_tensors, n_kv)
 

@@ -13,15 +13,14 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 from . import gguf, manifest, stub
 from .atomic import atomic_output
 from .runtime import argsfile
-from .runtime.archive import ARGS_NAME, MANIFEST_NAME
+from .runtime.archive import ARGS_NAME, LOCAL_SIG, MANIFEST_NAME
+from .runtime.engine import GGUF_MAGIC
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 
 DEFAULT_ALIGN = 4096
 MIN_ALIGN = 32  # llama.cpp needs the GGUF data 32-byte aligned in the file to mmap it
 MAX_ALIGN = 1 << 20
-GGUF_MAGIC_BYTES = b"GGUF"
-ZIP_MAGIC_BYTES = b"PK\x03\x04"
 
 Progress = Optional[Callable[[int], None]]
 #: GPU variants that can be packed, and the library each must contain.
@@ -97,13 +96,13 @@ def open_source(path: str, workdir: str, want_gguf: bool = True) -> Iterator[Sou
         raise InputError(f"{path}: is a directory, not a file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    if want_gguf and head != GGUF_MAGIC_BYTES and (head == ZIP_MAGIC_BYTES
+    if want_gguf and head != GGUF_MAGIC and (head == LOCAL_SIG
                                                    or zipfile.is_zipfile(path)):
         with _zip_source(path, workdir) as src:
             yield src
         return
     src = Source(path, os.path.basename(path), path, 0, size)
-    if want_gguf or head == GGUF_MAGIC_BYTES:
+    if want_gguf or head == GGUF_MAGIC:
         src.info = gguf.read(path)
     yield src
 

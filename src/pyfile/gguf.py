@@ -17,9 +17,9 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .runtime.engine import GGUF_MAGIC
 from .runtime.errors import GGUFError
 
-GGUF_MAGIC = 0x46554747  # "GGUF" read as a little-endian uint32
 GGUF_VERSIONS = (2, 3)
 GGUF_DEFAULT_ALIGNMENT = 32
 GGML_MAX_DIMS = 4
@@ -279,9 +279,9 @@ def read_fileobj(f: BinaryIO, origin: str, offset: int, size: int) -> GGUFInfo:
 
 def _parse(cur: _Cursor, size: int) -> GGUFInfo:
     origin = cur.origin
-    magic = cur.u32("magic")
+    magic = cur.get(np.dtype("u1"), len(GGUF_MAGIC), "magic").tobytes()
     if magic != GGUF_MAGIC:
-        raise GGUFError(f"{origin}: not a GGUF file (bad magic {magic:#010x})")
+        raise GGUFError(f"{origin}: not a GGUF file (bad magic {magic!r})")
     version = cur.u32("version")
     if version not in GGUF_VERSIONS:
         raise GGUFError(f"{origin}: unsupported GGUF version {version} (supported: 2, 3)")

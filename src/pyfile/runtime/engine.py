@@ -21,6 +21,9 @@ from typing import Any, Optional
 from .errors import EngineError
 
 ENGINE_REQUIREMENT = "llama-cpp-python==0.3.36"
+#: The first four bytes of every GGUF file (``GGUF_MAGIC`` in llama.cpp's gguf.h). The one
+#: definition: build-time code imports it from here.
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)

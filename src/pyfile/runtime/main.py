@@ -13,10 +13,8 @@ from typing import Any, List, Optional
 from .. import FORMAT_VERSION, __version__
 from . import argsfile, options
 from .archive import Archive
-from .engine import ModelSource
+from .engine import GGUF_MAGIC, ModelSource
 from .errors import ArchiveError, InputError, PyfileError
-
-GGUF_MAGIC = b"GGUF"
 
 
 def log(message: str) -> None:
