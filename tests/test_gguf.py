@@ -1,6 +1,7 @@
 import os
 import struct
 
+import numpy as np
 import pytest
 
 from ggufgen import gguf_string, header, write_tiny
@@ -81,3 +82,43 @@ def test_real_model_summary(real_model):
     assert s["context_length"] == 8192 and s["block_count"] == 30
     assert s["vocab_size"] == 49152 and s["chat_template"]
     assert 130e6 < s["parameters"] < 140e6
+
+
+def _with_vocab(path, n):
+    import gguf as gguf_writer
+    w = gguf_writer.GGUFWriter(str(path), "llama")
+    w.add_token_list([f"tok{i}" for i in range(n)])
+    w.add_tensor("t", np.zeros((4, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_vocabulary_skipped_and_counted(tmp_path):
+    p = _with_vocab(tmp_path / "v.gguf", 5000)
+    info = gguf.read(str(p))
+    assert info.summary()["vocab_size"] == 5000
+    assert info.tensors[0].name == "t"  # the table after the vocabulary was found
+
+
+def test_truncated_inside_vocabulary(tmp_path):
+    data = _with_vocab(tmp_path / "v.gguf", 500).read_bytes()
+    start = data.index(b"tok0") - 8
+    end = data.index(b"tok499") + 6
+    bad = tmp_path / "cut.gguf"
+    for n in range(start, end + 1, 7):  # cuts in lengths and in strings alike
+        bad.write_bytes(data[:n])
+        with pytest.raises(GGUFError, match="item of 'tokenizer.ggml.tokens'|truncated"):
+            gguf.read(str(bad))
+
+
+def test_vocabulary_string_longer_than_file(tmp_path):
+    data = bytearray(_with_vocab(tmp_path / "v.gguf", 100).read_bytes())
+    at = data.index(b"tok50") - 8
+    data[at:at + 8] = (2 ** 40).to_bytes(8, "little")
+    bad = tmp_path / "long.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="claims 1099511627776 bytes"):
+        gguf.read(str(bad))

@@ -13,16 +13,18 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 from . import __version__, gguf, stub
 from .atomic import atomic_output
 from .runtime import argsfile
-from .runtime.archive import ARGS_NAME
+from .runtime.archive import ARGS_NAME, LOCAL_SIG
+from .runtime.engine import GGUF_MAGIC
 from .runtime.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 
-DEFAULT_ALIGN = 4096
+#: 64 KiB: a page on every system (4, 16 and 64 KiB pages), and it makes the kernel's copy of
+#: the weights a third faster here (source and output offsets congruent modulo the page
+#: cache's large folios: 0.28 s instead of 0.42 s per GiB; at 4096 they are not).
+DEFAULT_ALIGN = 1 << 16
 MIN_ALIGN = 32  # llama.cpp needs the GGUF data 32-byte aligned in the file to mmap it
 MAX_ALIGN = 1 << 20
-GGUF_MAGIC_BYTES = b"GGUF"
-ZIP_MAGIC_BYTES = b"PK\x03\x04"
 
 Progress = Optional[Callable[[int], None]]
 #: GPU variants that can be packed, and the library each must contain.
@@ -75,7 +77,7 @@ def runtime_files() -> List[Tuple[str, bytes]]:
         full = os.path.join(rt, name)
         if os.path.isfile(full) and not name.startswith("."):
             out.append((f"pyfile/runtime/{name}", _read(full)))
-    return out
+    return out + stub.bytecode(out)
 
 
 def _read(path: str) -> bytes:
@@ -98,13 +100,13 @@ def open_source(path: str, workdir: str, want_gguf: bool = True) -> Iterator[Sou
         raise InputError(f"{path}: is a directory, not a file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    if want_gguf and head != GGUF_MAGIC_BYTES and (head == ZIP_MAGIC_BYTES
+    if want_gguf and head != GGUF_MAGIC and (head == LOCAL_SIG
                                                    or zipfile.is_zipfile(path)):
         with _zip_source(path, workdir) as src:
             yield src
         return
     src = Source(path, os.path.basename(path), path, 0, size)
-    if want_gguf or head == GGUF_MAGIC_BYTES:
+    if want_gguf or head == GGUF_MAGIC:
         src.info = gguf.read(path)
     yield src
 

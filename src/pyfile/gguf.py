@@ -1,24 +1,25 @@
-"""A strict, numpy-based GGUF reader used at build and inspect time.
+"""A strict GGUF reader used at build and inspect time (``struct`` over a read-only mapping).
 
 It validates what llama.cpp would later trust: the magic, the version, the key/value and
 tensor tables, and that every tensor lies inside the file. Every count read from the file is
 checked against the bytes that remain before anything is allocated, so a hostile header
 cannot make us allocate more than the file could hold. Large arrays (the vocabulary) are not
-decoded; they are summarised by type and length.
+decoded; they are summarised by type and length. No numpy: importing it cost every build
+0.1 s, a quarter of copying a 1 GiB model.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
-import numpy as np
-
+from .runtime.engine import GGUF_MAGIC
 from .runtime.errors import GGUFError
 
-GGUF_MAGIC = 0x46554747  # "GGUF" read as a little-endian uint32
 GGUF_VERSIONS = (2, 3)
 GGUF_DEFAULT_ALIGNMENT = 32
 GGML_MAX_DIMS = 4
@@ -26,6 +27,7 @@ GGML_MAX_DIMS = 4
 MAX_DECODED_ARRAY = 64
 #: A single metadata string longer than this is refused (chat templates are a few KiB).
 MAX_STRING_BYTES = 64 << 20
+_U64 = struct.Struct("<Q")
 
 
 class ValueType(IntEnum):
@@ -46,13 +48,11 @@ class ValueType(IntEnum):
     FLOAT64 = 12
 
 
-_SCALAR_DTYPES = {
-    ValueType.UINT8: np.dtype("<u1"), ValueType.INT8: np.dtype("<i1"),
-    ValueType.UINT16: np.dtype("<u2"), ValueType.INT16: np.dtype("<i2"),
-    ValueType.UINT32: np.dtype("<u4"), ValueType.INT32: np.dtype("<i4"),
-    ValueType.FLOAT32: np.dtype("<f4"), ValueType.BOOL: np.dtype("<u1"),
-    ValueType.UINT64: np.dtype("<u8"), ValueType.INT64: np.dtype("<i8"),
-    ValueType.FLOAT64: np.dtype("<f8"),
+#: struct codes (little-endian) of the scalar value types.
+_SCALAR_CODES = {
+    ValueType.UINT8: "B", ValueType.INT8: "b", ValueType.UINT16: "H", ValueType.INT16: "h",
+    ValueType.UINT32: "I", ValueType.INT32: "i", ValueType.FLOAT32: "f", ValueType.BOOL: "B",
+    ValueType.UINT64: "Q", ValueType.INT64: "q", ValueType.FLOAT64: "d",
 }
 
 #: ggml tensor types: id -> (name, elements per block, bytes per block) — ggml.h/ggml.c.
@@ -175,13 +175,13 @@ class GGUFInfo:
 
 
 def _int_or_none(v: Any) -> Optional[int]:
-    return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else None
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class _Cursor:
     """Bounds-checked reads over a byte buffer; every read names what it was reading."""
 
-    def __init__(self, buf: np.ndarray, origin: str) -> None:
+    def __init__(self, buf: memoryview, origin: str) -> None:
         self.buf = buf
         self.pos = 0
         self.origin = origin
@@ -190,24 +190,33 @@ class _Cursor:
     def remaining(self) -> int:
         return len(self.buf) - self.pos
 
-    def get(self, dtype: np.dtype, count: int, what: str) -> np.ndarray:
-        """The one read primitive: ``count`` items of ``dtype`` at the cursor."""
-        nbytes = dtype.itemsize * count
+    def get(self, code: str, count: int, what: str) -> Tuple[Any, ...]:
+        """The one read primitive: ``count`` little-endian items of struct ``code``."""
+        nbytes = struct.calcsize(code) * count
         if count < 0 or nbytes > self.remaining:
             raise GGUFError(f"{self.origin}: truncated while reading {what} "
                             f"at offset {self.pos} (needs {nbytes} bytes, {self.remaining} left)")
-        out = self.buf[self.pos:self.pos + nbytes].view(dtype)
+        out = struct.unpack_from(f"<{count}{code}", self.buf, self.pos)
         self.pos += nbytes
         return out
 
-    def scalar(self, dtype: np.dtype, what: str) -> Any:
-        return self.get(dtype, 1, what)[0].item()
+    def raw(self, n: int, what: str) -> bytes:
+        if n > self.remaining:
+            raise GGUFError(f"{self.origin}: truncated while reading {what} "
+                            f"at offset {self.pos} (needs {n} bytes, {self.remaining} left)")
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def skip(self, n: int) -> None:
+        """Move past ``n`` bytes the caller has checked are there."""
+        self.pos += n
 
     def u32(self, what: str) -> int:
-        return int(self.scalar(_SCALAR_DTYPES[ValueType.UINT32], what))
+        return self.get("I", 1, what)[0]
 
     def u64(self, what: str) -> int:
-        return int(self.scalar(_SCALAR_DTYPES[ValueType.UINT64], what))
+        return self.get("Q", 1, what)[0]
 
     def count(self, what: str, min_item_bytes: int) -> int:
         """A u64 count that the remaining bytes could actually hold."""
@@ -221,17 +230,28 @@ class _Cursor:
         n = self.u64(f"length of {what}")
         if n > MAX_STRING_BYTES or n > self.remaining:
             raise GGUFError(f"{self.origin}: {what} claims {n} bytes, more than the file holds")
-        raw = self.get(np.dtype("u1"), n, what).tobytes()
         try:
-            return raw.decode("utf-8")
+            return self.raw(n, what).decode("utf-8")
         except UnicodeDecodeError:
             raise GGUFError(f"{self.origin}: {what} is not valid UTF-8") from None
 
-    def skip_string(self, what: str) -> None:
-        n = self.u64(f"length of {what}")
-        if n > self.remaining:
-            raise GGUFError(f"{self.origin}: {what} claims {n} bytes, more than the file holds")
-        self.pos += n
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip ``count`` length-prefixed strings (a vocabulary), each checked against the
+        bytes that remain. One tight loop over the mapping: a numpy read per token cost
+        0.7 s for SmolLM2's 98,000 vocabulary and merge strings, this costs 30 ms."""
+        raw, pos, end = self.buf, self.pos, len(self.buf)
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if end - pos < 8:
+                raise GGUFError(f"{self.origin}: truncated while reading length of {what} "
+                                f"at offset {pos} (needs 8 bytes, {end - pos} left)")
+            n = unpack(raw, pos)[0]
+            pos += 8
+            if n > end - pos:
+                raise GGUFError(f"{self.origin}: {what} claims {n} bytes, more than the file "
+                                f"holds")
+            pos += n
+        self.pos = pos
 
 
 def read(path: str, offset: int = 0, size: Optional[int] = None) -> GGUFInfo:
@@ -250,21 +270,25 @@ def read(path: str, offset: int = 0, size: Optional[int] = None) -> GGUFInfo:
 def read_fileobj(f: BinaryIO, origin: str, offset: int, size: int) -> GGUFInfo:
     if size < 24:
         raise GGUFError(f"{origin}: not a GGUF file (only {max(size, 0)} bytes)")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
     try:
-        buf = np.memmap(f, dtype=np.uint8, mode="r", offset=offset, shape=(size,))
+        mapped = mmap.mmap(f.fileno(), offset - start + size, prot=mmap.PROT_READ,
+                           offset=start)
     except (ValueError, OSError) as e:
         raise GGUFError(f"{origin}: cannot map the file: {e}") from None
-    try:
-        return _parse(_Cursor(buf, origin), size)
-    finally:
-        del buf
+    with mapped:
+        view = memoryview(mapped)[offset - start:]
+        try:
+            return _parse(_Cursor(view, origin), size)
+        finally:
+            view.release()
 
 
 def _parse(cur: _Cursor, size: int) -> GGUFInfo:
     origin = cur.origin
-    magic = cur.u32("magic")
+    magic = cur.raw(len(GGUF_MAGIC), "magic")
     if magic != GGUF_MAGIC:
-        raise GGUFError(f"{origin}: not a GGUF file (bad magic {magic:#010x})")
+        raise GGUFError(f"{origin}: not a GGUF file (bad magic {magic!r})")
     version = cur.u32("version")
     if version not in GGUF_VERSIONS:
         raise GGUFError(f"{origin}: unsupported GGUF version {version} (supported: 2, 3)")
@@ -296,7 +320,7 @@ def _parse(cur: _Cursor, size: int) -> GGUFInfo:
         n_dims = cur.u32(f"dimension count of {name!r}")
         if not 1 <= n_dims <= GGML_MAX_DIMS:
             raise GGUFError(f"{origin}: tensor {name!r} has {n_dims} dimensions (1..4 allowed)")
-        dims = tuple(int(d) for d in cur.get(np.dtype("<u8"), n_dims, f"shape of {name!r}"))
+        dims = cur.get("Q", n_dims, f"shape of {name!r}")
         type_id = cur.u32(f"type of {name!r}")
         t_offset = cur.u64(f"offset of {name!r}")
         raw.append((name, dims, type_id, t_offset))
@@ -353,14 +377,14 @@ def _read_value(cur: _Cursor, vtype: ValueType, key: str) -> Any:
             n = cur.count(f"length of {key!r}", 8)
             if n <= MAX_DECODED_ARRAY:
                 return [cur.string(f"item of {key!r}") for _ in range(n)]
-            for _ in range(n):
-                cur.skip_string(f"item of {key!r}")
+            cur.skip_strings(n, f"item of {key!r}")
             return ArraySummary(item, n)
-        dtype = _SCALAR_DTYPES[item]
-        n = cur.count(f"length of {key!r}", dtype.itemsize)
-        values = cur.get(dtype, n, f"values of {key!r}")
+        code = _SCALAR_CODES[item]
+        n = cur.count(f"length of {key!r}", struct.calcsize(code))
         if n <= MAX_DECODED_ARRAY:
-            return [bool(v) if item is ValueType.BOOL else v.item() for v in values]
+            values = cur.get(code, n, f"values of {key!r}")
+            return [bool(v) for v in values] if item is ValueType.BOOL else list(values)
+        cur.skip(n * struct.calcsize(code))  # count() checked that the bytes are there
         return ArraySummary(item, n)
-    value = cur.scalar(_SCALAR_DTYPES[vtype], f"value of {key!r}")
+    value = cur.get(_SCALAR_CODES[vtype], 1, f"value of {key!r}")[0]
     return bool(value) if vtype is ValueType.BOOL else value

@@ -6,8 +6,7 @@ from typing import Any, Dict, List
 
 from . import gguf
 from .runtime.archive import Archive
-
-GGUF_MAGIC_BYTES = b"GGUF"
+from .runtime.engine import GGUF_MAGIC
 
 
 def describe(path: str) -> Dict[str, Any]:
@@ -17,7 +16,7 @@ def describe(path: str) -> Dict[str, Any]:
     except OSError as e:
         from .runtime.errors import InputError
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    if head == GGUF_MAGIC_BYTES:
+    if head == GGUF_MAGIC:
         info = gguf.read(path)
         return {"kind": "gguf", "path": path, "model": info.summary(),
                 "chat_template": _template(info)}
