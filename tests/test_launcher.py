@@ -161,7 +161,7 @@ def test_bytecode_used_only_when_it_matches(tmp_path, tiny_gguf, monkeypatch, st
         monkeypatch.setattr(stub, "bytecode", lambda files: [
             (name, pyc[:8] + bytes(8) + pyc[16:]) for name, pyc in made(files)])
     out = tmp_path / "slim.pyfile"
-    builder.build(str(tiny_gguf), str(out), slim=True)
+    builder.build(str(tiny_gguf), str(out), runtime=builder.RuntimeOptions(slim=True))
     r = subprocess.run([sys.executable, "-c", COUNT_COMPILES + stub.bootstrap_source(),
                         str(out), "--help"], capture_output=True, text=True, env=run_env())
     assert r.returncode == 0, r.stderr
