@@ -205,11 +205,15 @@ class RuntimeOptions:
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
-          backends: List[str] = (), runtime: Optional[RuntimeOptions] = None) -> BuildResult:
+          backends: List[str] = (), runtime: Optional[RuntimeOptions] = None,
+          sha256: bool = False) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
     Everything is validated before the first byte is written; ``on_start`` receives the
-    number of bytes that will be copied (for a progress bar).
+    number of bytes that will be copied (for a progress bar). Every member gets a CRC-32
+    (the zip's own check); every member but the model and extra files also a SHA-256 in
+    the manifest, and those too with ``sha256`` (one more pass over the weights: SHA-256
+    runs at 0.9 GB/s here, a third of the copy's speed).
     """
     runtime = runtime or RuntimeOptions()
     check_align(align)
@@ -248,7 +252,7 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
             entries = write_archive(f, sources, args_text, align, epoch, progress, variants,
-                                    fixed)
+                                    fixed, sha256)
             size = f.tell()
     return BuildResult(output, size, entries)
 
@@ -266,8 +270,8 @@ class Fixed:
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
                   epoch: Optional[int], progress: Progress,
-                  variants: Dict[str, Tuple[str, List[str], Dict]], fixed: Fixed
-                  ) -> List[Entry]:
+                  variants: Dict[str, Tuple[str, List[str], Dict]], fixed: Fixed,
+                  sha256: bool = False) -> List[Entry]:
     f.write(fixed.stub)
     w = ZipWriter(f, epoch=epoch)
     man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=epoch,
@@ -280,7 +284,7 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         with open(src.file, "rb") as inp:
             inp.seek(src.offset)
             entry = w.add_stream(src.name, inp, src.size, align=align, progress=progress,
-                                 origin=src.path)
+                                 origin=src.path, sha256=sha256)
         man.add_member(entry, "model" if src.info is not None else "file", align)
         if src.info is not None:
             man.models[src.name] = src.info.summary()

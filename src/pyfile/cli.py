@@ -74,13 +74,16 @@ def cli() -> None:
 @click.option("--engine", "engine_wheel", default=None, type=click.Path(),
               help="Pack this llama-cpp-python wheel (default: the one 'pyfile engine build' "
                    "made).")
+@click.option("--sha256", is_flag=True,
+              help="Also record the SHA-256 of the model and extra files (as sha256sum "
+                   "prints it; one more pass over the weights). CRC-32 always.")
 @click.option("--allow-unportable-engine", is_flag=True,
               help="Pack a native or new-glibc engine anyway (the file then runs only on "
                    "machines like this one).")
 def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], slim: bool,
           pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
-          allow_unportable_engine: bool) -> None:
+          sha256: bool, allow_unportable_engine: bool) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
     from .builder import DEFAULT_ALIGN, RuntimeOptions, build as do_build
     align = DEFAULT_ALIGN if align is None else align
@@ -90,7 +93,8 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     runtime = RuntimeOptions(slim, pythons, wheel_dir, engine_wheel, allow_unportable_engine)
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
-                          on_start=bar.start, backends=list(backends), runtime=runtime)
+                          on_start=bar.start, backends=list(backends), runtime=runtime,
+                          sha256=sha256)
     finally:
         bar.finish()
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
@@ -112,7 +116,7 @@ def inspect(file: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True))
 def verify(file: str) -> None:
-    """Check every member's CRC-32 and SHA-256, the offsets and the alignment."""
+    """Check every member's CRC-32 and recorded SHA-256, the offsets and the alignment."""
     from .runtime.archive import Archive
     from .runtime.errors import VerifyError
     bar = _Bar("verifying")
@@ -123,11 +127,15 @@ def verify(file: str) -> None:
         finally:
             bar.finish()
         count = len(arch.members)
+        crc_only = sorted(e["name"] for e in arch.manifest.get("members", [])
+                          if not e.get("sha256"))
     if problems:
         for p in problems[:-1]:
             click.echo(f"pyfile: {file}: {p}", err=True)
         raise VerifyError(f"{file}: {problems[-1]}")
-    click.echo(f"pyfile: {file}: OK ({count} members)")
+    note = f"; CRC-32 only for {', '.join(crc_only)} (built without --sha256)" if crc_only \
+        else ""
+    click.echo(f"pyfile: {file}: OK ({count} members{note})")
 
 
 @cli.command()
