@@ -127,7 +127,7 @@ def verify(file: str) -> None:
         finally:
             bar.finish()
         count = len(arch.members)
-        crc_only = sorted(e["name"] for e in arch.manifest.get("members", [])
+        crc_only = sorted(e["name"] for e in arch.manifest.members
                           if not e.get("sha256"))
     if problems:
         for p in problems[:-1]:
