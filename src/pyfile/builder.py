@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tupl
 from . import gguf, manifest, stub
 from .atomic import atomic_output
 from .runtime import argsfile
+from .runtime.backends import LIB_OF
 from .runtime.archive import ARGS_NAME, MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
@@ -24,8 +25,8 @@ GGUF_MAGIC_BYTES = b"GGUF"
 ZIP_MAGIC_BYTES = b"PK\x03\x04"
 
 Progress = Optional[Callable[[int], None]]
-#: GPU variants that can be packed, and the library each must contain.
-VARIANT_KINDS = {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so"}
+#: GPU variants that can be packed, and the library each must contain (the runtime's registry).
+VARIANT_KINDS = LIB_OF
 
 
 @dataclass

@@ -64,7 +64,7 @@ def cli() -> None:
 @click.option("--align", default=4096, show_default=True, type=int,
               help="Align model data to this many bytes (16384/65536 for large pages).")
 @click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
-              help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
+              help="Pack the GPU variant in DIR (from scripts/build-variant.sh KIND DIR).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
 @click.option("--runtime", "runtimes", multiple=True, metavar="WHEELDIR",
