@@ -14,12 +14,15 @@ setup: $(STAMP)
 
 # The engine is compiled once per (version, CMake flags, Python) into a keyed wheelhouse
 # outside git (see scripts/build-engine.sh): pip's own cache would ignore CMAKE_ARGS.
-$(STAMP): pyproject.toml scripts/build-engine.sh
+$(STAMP): pyproject.toml scripts/build-engine.sh scripts/build-variant.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	house=$$(scripts/build-engine.sh $(PY)) && \
 	  $(PY) -m pip install --quiet "$$house"/llama_cpp_python-*.whl
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# The Vulkan variant `pyfile build` packs by default (cached like the engine, ~5 min once).
+	@PYTHON=$(PYTHON) scripts/build-variant.sh vulkan >/dev/null || \
+	  echo "pyfile: no Vulkan variant built (see above); pyfile build will say so" >&2
 	@touch $@
 
 tools:

@@ -304,3 +304,10 @@ def test_plan_vulkan_without_variant_and_without_loader_libs(tmp_path):
     old = Finding("vulkan", [GPU("vulkan", 0, "Old", 1 << 30, "Vulkan 1.1")], None, True)
     _, problem, _ = plan_gpu("vulkan", old, variant, libs_ok)
     assert "Vulkan 1.1" in problem
+
+
+def test_a_variant_that_needs_only_the_driver_preloads_nothing():
+    found, missing = find_runtime_libs("cuda", {"needs": []}, [])
+    assert found == [] and missing == []
+    found, missing = find_runtime_libs("cuda", {}, [])  # no variant.json: CUDA's defaults
+    assert "libcudart.so.13" in missing + [os.path.basename(p) for p in found]

@@ -14,6 +14,7 @@ from . import gguf, manifest, stub
 from .atomic import atomic_output
 from .runtime import argsfile
 from .runtime.backends import LIB_OF
+from .variants import VariantDir, published, read_specs
 from .runtime.archive import ARGS_NAME, MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
@@ -46,6 +47,7 @@ class BuildResult:
     output: str
     size: int
     entries: List[Entry] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # one line each, for the user
 
 
 def source_date_epoch() -> Optional[int]:
@@ -161,48 +163,25 @@ def _check_output(output: str, inputs: List[str]) -> None:
             raise UsageError(f"{output}: the output would overwrite the input {p}")
 
 
-def read_variants(specs: List[str]) -> Dict[str, Tuple[str, List[str], Dict]]:
-    """``KIND=DIR`` options -> kind: (dir, library files, requirements from variant.json)."""
-    import json
-    out: Dict[str, Tuple[str, List[str], Dict]] = {}
-    for spec in specs:
-        kind, sep, folder = spec.partition("=")
-        if not sep or kind not in VARIANT_KINDS:
-            raise UsageError(f"--backend {spec!r}: expected KIND=DIR with KIND one of "
-                             f"{', '.join(VARIANT_KINDS)}")
-        if not os.path.isdir(folder):
-            raise InputError(f"--backend {spec}: {folder} is not a folder")
-        libs = sorted(n for n in os.listdir(folder)
-                      if (n.endswith(".so") or ".so." in n)
-                      and os.path.isfile(os.path.join(folder, n)))
-        if VARIANT_KINDS[kind] not in libs:
-            raise InputError(f"--backend {spec}: {folder} has no {VARIANT_KINDS[kind]}")
-        requires: Dict = {}
-        meta = os.path.join(folder, "variant.json")
-        if os.path.isfile(meta):
-            try:
-                with open(meta, encoding="utf-8") as f:
-                    requires = json.load(f)
-            except ValueError as e:
-                raise InputError(f"{meta}: not valid JSON: {e}") from None
-        out[kind] = (folder, libs, requires if isinstance(requires, dict) else {})
-    return out
-
-
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
           backends: List[str] = (), slim: bool = False,
-          runtimes: List[str] = ()) -> BuildResult:
+          runtimes: List[str] = (), gpu_variants: bool = True) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
-    Everything is validated before the first byte is written; ``on_start`` receives the
-    number of bytes that will be copied (for a progress bar).
+    GPU variants: those given as ``backends`` (``KIND=DIR``) and, unless ``gpu_variants``
+    is False, every published one (:mod:`pyfile.variants`). Everything is validated before
+    the first byte is written; ``on_start`` receives the number of bytes that will be
+    copied (for a progress bar).
     """
     check_align(align)
     argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
     epoch = source_date_epoch()
-    variants = read_variants(list(backends))
+    notes: List[str] = []
+    variants = read_specs(list(backends))
+    if gpu_variants:
+        variants.update(published(_engine_version(), list(variants), notes))
     _check_output(output, [model, *extras])
     workdir = os.path.dirname(os.path.abspath(output))
     with contextlib.ExitStack() as stack:
@@ -224,15 +203,24 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         bundles += [bundle.wheels_bundle(d) for d in runtimes]
         preferred = f"python{bundles[0].info['python']}" if bundles else ""
         fixed = Fixed(stub.render(preferred), stub.main_source(), runtime_files(), {
-            kind: [(lib, _read(os.path.join(folder, lib))) for lib in libs]
-            for kind, (folder, libs, _) in variants.items()}, bundles)
+            kind: [(lib, _read(os.path.join(v.folder, lib))) for lib in v.libs]
+            for kind, v in variants.items()}, bundles)
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
             entries = write_archive(f, sources, args_text, align, epoch, progress, variants,
                                     fixed)
             size = f.tell()
-    return BuildResult(output, size, entries)
+    return BuildResult(output, size, entries, notes)
+
+
+def _engine_version() -> Optional[str]:
+    """The builder's llama-cpp-python version (what a packed variant must match), if any."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return None
 
 
 @dataclass
@@ -248,7 +236,7 @@ class Fixed:
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
                   epoch: Optional[int], progress: Progress,
-                  variants: Dict[str, Tuple[str, List[str], Dict]], fixed: Fixed
+                  variants: Dict[str, VariantDir], fixed: Fixed
                   ) -> List[Entry]:
     f.write(fixed.stub)
     w = ZipWriter(f, epoch=epoch)
@@ -269,13 +257,13 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         if src.info is not None:
             models[src.name] = src.info.summary()
     packed: Dict[str, Dict] = {}
-    for kind, (_folder, _libs, requires) in sorted(variants.items()):
+    for kind, v in sorted(variants.items()):
         members = []
         for lib, data in fixed.variant_libs[kind]:
             name = f".pyfile/variants/{kind}/{lib}"
             records.append(manifest.member_record(w.add_bytes(name, data, level=6), "variant"))
             members.append(name)
-        packed[kind] = {"members": members, "requires": requires}
+        packed[kind] = {"members": members, "requires": v.requires}
     runtimes: List[Dict] = []
     for b in fixed.bundles:
         name = f".pyfile/runtime/{b.tag}.zip"

@@ -65,12 +65,14 @@ def cli() -> None:
               help="Align model data to this many bytes (16384/65536 for large pages).")
 @click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
               help="Pack the GPU variant in DIR (from scripts/build-variant.sh KIND DIR).")
+@click.option("--no-gpu-variants", "no_gpu_variants", is_flag=True,
+              help="Leave out the GPU variants packed by default (those in $PYFILE_VARIANTS).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
 @click.option("--runtime", "runtimes", multiple=True, metavar="WHEELDIR",
               help="Also carry a runtime built from a folder of wheels (another Python/platform).")
 def build(model: str, extra: List[str], output: str, args_text: str,
-          args_file: Any, align: int, backends: List[str], slim: bool,
+          args_file: Any, align: int, backends: List[str], no_gpu_variants: bool, slim: bool,
           runtimes: List[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
     from .builder import build as do_build
@@ -80,9 +82,11 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), slim=slim,
-                          runtimes=list(runtimes))
+                          runtimes=list(runtimes), gpu_variants=not no_gpu_variants)
     finally:
         bar.finish()
+    for note in result.notes:
+        click.echo(f"pyfile: {note}", err=True)
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
 
 

@@ -189,7 +189,8 @@ def find_runtime_libs(kind: str, requires: Dict[str, Any],
                       search: Optional[List[str]] = None) -> Tuple[List[str], List[str]]:
     """Locate the GPU runtime libraries where users have them; return (found, missing)."""
     backend = get(kind)
-    needs = requires.get("needs") or list(backend.needs)
+    # variant.json's list, even an empty one (a CUDA variant that needs only the driver)
+    needs = requires["needs"] if isinstance(requires.get("needs"), list) else list(backend.needs)
     dirs = search if search is not None else runtime_lib_dirs(kind)
     found, missing = [], []
     for soname in needs:
@@ -279,8 +280,8 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     choice: Optional[_Choice] = None
     for be in order:
         finding = be.find(root, os.environ, explicit)
-        choice, problem = _try(be, finding, variants.get(be.kind), source, chosen, engine,
-                               verdicts, archive_path, n_gpu_layers)
+        choice, problem = _attempt(be, finding, variants.get(be.kind), source, chosen, engine,
+                                   verdicts, archive_path, n_gpu_layers)
         if choice is not None:
             break
         if explicit:
@@ -318,10 +319,10 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     return Selection("cpu", "; ".join(extra), 0, chosen.extra_bufts)
 
 
-def _try(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
-         source: ModelSource, chosen: cpu.Candidate, engine: str, verdicts: cpu.Verdicts,
-         archive_path: Optional[str], n_gpu_layers: Optional[int]
-         ) -> Tuple[Optional[_Choice], Optional[str]]:
+def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
+             source: ModelSource, chosen: cpu.Candidate, engine: str, verdicts: cpu.Verdicts,
+             archive_path: Optional[str], n_gpu_layers: Optional[int]
+             ) -> Tuple[Optional[_Choice], Optional[str]]:
     """Plan one backend and run (or recall) its probe: (choice, None) or (None, problem)."""
     gpu, problem, libs = plan_gpu(be, finding, variant, find_runtime_libs)
     if gpu is None or variant is None:
