@@ -81,7 +81,8 @@ def _system_dirs(env: Mapping[str, str]) -> List[str]:
 def _sm_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
     have = int(gpu.arch[3:] or 0) if gpu.arch.startswith("sm_") else 0
     # CUDA code for sm_XY runs on sm_XZ (Z >= Y) and PTX (if shipped) on newer majors.
-    return not archs or any(have // 10 == int(a) // 10 and have >= int(a) for a in archs if a.isdigit())
+    return not archs or any(have // 10 == int(a) // 10 and have >= int(a)
+                            for a in archs if a.isdigit())
 
 
 def _gfx_ok(gpu: hardware.GPU, archs: List[str]) -> bool:

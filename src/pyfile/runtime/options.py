@@ -30,8 +30,10 @@ def _positive_int(text: str) -> int:
 def _gpu_help() -> str:
     """The --gpu choices, from the backend registry: "auto, nvidia (cuda, cublas), ..."."""
     from .backends import BACKENDS, CPU_NAMES
-    names = [f"{b.gpu} ({', '.join(n for n in (b.kind, *b.aliases) if n != b.gpu)})"
-             for b in BACKENDS]
+    names = []
+    for b in BACKENDS:
+        more = [n for n in dict.fromkeys((b.kind, *b.aliases)) if n != b.gpu]
+        names.append(f"{b.gpu} ({', '.join(more)})" if more else b.gpu)
     return ", ".join(["auto", *names, f"{CPU_NAMES[0]} ({', '.join(CPU_NAMES[1:])})"])
 
 
