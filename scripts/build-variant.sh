@@ -202,7 +202,9 @@ ln -sfn "$done_dir" "$variants/.$kind.tmp"
 mv -T "$variants/.$kind.tmp" "$variants/$kind"
 if [ -n "$out" ]; then
     mkdir -p "$out"
-    cp "$done_dir/$lib" "$done_dir/variant.json" "$out/"
+    if [ "$(cd "$out" && pwd -P)" != "$(cd "$done_dir" && pwd -P)" ]; then
+        cp "$done_dir/$lib" "$done_dir/variant.json" "$out/"
+    fi
     echo "$out"
 else
     echo "$variants/$kind"
