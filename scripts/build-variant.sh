@@ -1,22 +1,45 @@
 #!/bin/sh
 # Build a GPU variant of the engine from the llama.cpp source that llama-cpp-python 0.3.36
-# vendors, so that it matches the installed libggml-base exactly (ggml checks the backend
-# API version when it loads a backend).
+# vendors, so that it matches the engine's libggml-base exactly (ggml checks the backend API
+# version when it loads a backend).
 #
-#   scripts/build-variant.sh cuda OUTDIR    # libggml-cuda.so (needs nvcc; cuBLAS comes from
-#                                           # the registry's nvidia-cublas wheel)
-#   scripts/build-variant.sh rocm OUTDIR    # libggml-hip.so (needs hipcc/ROCm; not on our CI)
+#   scripts/build-variant.sh vulkan [OUTDIR]  # libggml-vulkan.so: zig (glibc 2.28 target),
+#                                             # Debian 13's Vulkan headers, glslc; ~5 min
+#   scripts/build-variant.sh cuda [OUTDIR]    # libggml-cuda.so needing only the NVIDIA driver
+#                                             # (nvcc 12/13 on the builder; ~26 min per arch)
+#   scripts/build-variant.sh rocm [OUTDIR]    # libggml-hip.so (needs hipcc/ROCm; not on our CI)
 #
-# Environment: CUDA_ARCHS (default "75;80;86;89;90"), JOBS (default nproc).
-# A CUDA variant for one architecture takes ~26 min on 2 cores; each more adds roughly that.
+# Every variant is built once into a folder keyed by what produced it
+# (~/.cache/pyfile-dev/variant-KIND-VERSION-KEY/) and published as
+# $PYFILE_VARIANTS/KIND (default ~/.cache/pyfile-dev/variants/KIND, a symlink), where
+# `pyfile build` finds it and packs it by default. With OUTDIR the variant is copied there too.
+# Prints the folder holding the variant (the library and its variant.json) on stdout.
+#
+# Environment: CUDA_ARCHS (default "75;80;86;89;90"), NVCC, AMDGPU_TARGETS, JOBS (default
+# nproc), PYTHON. A CUDA variant for one architecture takes ~26 min on 2 cores; each more
+# adds roughly that.
 set -eu
-kind=${1:?usage: build-variant.sh cuda|rocm OUTDIR}
-out=${2:?usage: build-variant.sh cuda|rocm OUTDIR}
+here=$(cd "$(dirname "$0")/.." && pwd)
+usage="usage: build-variant.sh vulkan|cuda|rocm [OUTDIR]"
+kind=${1:?$usage}
+out=${2:-}
 version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/pyfile-dev
+variants=${PYFILE_VARIANTS:-$cache/variants}
+tools="$cache/tools"
 jobs=${JOBS:-$(nproc)}
 py=${PYTHON:-python3}
-mkdir -p "$cache/sdist" "$out"
+zig_version=0.17.1            # the engine's compiler (scripts/build-engine.sh uses the same)
+vk_deb=1.4.309.0-1            # Debian 13's Vulkan headers and loader (12's are too old)
+spirv_deb=1.6.1+1.4.309.0-1   # Debian 13's SPIR-V headers (ggml-vulkan's CMake wants them)
+glibc_max=2.31                # no library in a pyfile may need a newer GLIBC_ symbol
+
+say() { echo "build-variant: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+case $kind in vulkan|cuda|rocm) ;; *) say "unknown kind $kind ($usage)"; exit 2 ;; esac
+
+mkdir -p "$cache/sdist" "$tools"
 src="$cache/sdist/llama_cpp_python-$version"
 if [ ! -d "$src/vendor/llama.cpp/ggml" ]; then
     "$py" -m pip download --quiet --no-deps --no-binary :all: -d "$cache/sdist" \
@@ -24,52 +47,165 @@ if [ ! -d "$src/vendor/llama.cpp/ggml" ]; then
     tar -xzf "$cache/sdist/llama_cpp_python-$version.tar.gz" -C "$cache/sdist"
 fi
 llama="$src/vendor/llama.cpp"
-build="$cache/build-$kind-$version"
 common="-DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU=OFF -DBUILD_SHARED_LIBS=ON
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release"
-case $kind in
-cuda)
-    archs=${CUDA_ARCHS:-75;80;86;89;90}
-    blas="$cache/cublas"
-    if [ ! -f "$blas/nvidia/cu13/lib/libcublas.so.13" ]; then
-        mkdir -p "$blas"
-        "$py" -m pip download --quiet --no-deps -d "$blas" nvidia-cublas==13.0.2.14
-        "$py" -m zipfile -e "$blas"/nvidia_cublas-13.0.2.14-*.whl "$blas"
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
+        -DCMAKE_SKIP_RPATH=ON"  # no build paths in the library: libggml-base is loaded already
+
+# zig from the package index, behind one-line wrappers CMake can take as compilers:
+# it links against glibc 2.28's symbols whatever the builder's glibc is.
+zig_tools() {
+    zdir="$tools/ziglang-$zig_version"
+    if [ ! -x "$zdir/bin/zig-cc" ]; then
+        say "installing ziglang $zig_version into $zdir"
+        rm -rf "$zdir.tmp"
+        "$py" -m pip install --quiet --no-deps --target "$zdir.tmp/py" "ziglang==$zig_version"
+        mkdir -p "$zdir.tmp/bin"
+        for pair in cc:"cc -target x86_64-linux-gnu.2.28" cxx:"c++ -target x86_64-linux-gnu.2.28" \
+                    ar:ar ranlib:ranlib; do
+            printf '#!/bin/sh\nexec "%s/py/ziglang/zig" %s "$@"\n' "$zdir" "${pair#*:}" \
+                > "$zdir.tmp/bin/zig-${pair%%:*}"
+            chmod +x "$zdir.tmp/bin/zig-${pair%%:*}"
+        done
+        rm -rf "$zdir"
+        mv "$zdir.tmp" "$zdir"
     fi
-    lib="$blas/nvidia/cu13/lib"
-    # The wheel ships only versioned sonames; give the linker the plain names.
-    ln -sf libcublas.so.13 "$lib/libcublas.so"
-    ln -sf libcublasLt.so.13 "$lib/libcublasLt.so"
+}
+
+# Debian 13's Vulkan headers, SPIR-V headers and loader (to link against), unpacked into a
+# folder through a private apt list: nothing is installed on the builder.
+vulkan_sdk() {
+    vdir="$tools/vulkan-$vk_deb"
+    if [ ! -f "$vdir/usr/include/vulkan/vulkan.hpp" ]; then
+        command -v apt-get >/dev/null 2>&1 || die "fetching Debian 13's Vulkan headers needs apt-get"
+        say "fetching Debian 13's Vulkan headers $vk_deb into $vdir"
+        rm -rf "$vdir.tmp"
+        mkdir -p "$vdir.tmp/apt/lists/partial" "$vdir.tmp/apt/cache/archives/partial" "$vdir.tmp/debs"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+            > "$vdir.tmp/apt/sources.list"
+        set -- -o "Dir::Etc::SourceList=$vdir.tmp/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+            -o "Dir::State::Lists=$vdir.tmp/apt/lists" -o "Dir::Cache=$vdir.tmp/apt/cache" \
+            -o APT::Sandbox::User=root
+        apt-get "$@" update -qq >&2
+        (cd "$vdir.tmp/debs" && apt-get "$@" download -qq "libvulkan-dev=$vk_deb" \
+            "libvulkan1=$vk_deb" "spirv-headers=$spirv_deb" >&2)
+        for deb in "$vdir.tmp"/debs/*.deb; do dpkg -x "$deb" "$vdir.tmp"; done
+        rm -rf "$vdir.tmp/apt" "$vdir.tmp/debs" "$vdir"
+        mv "$vdir.tmp" "$vdir"
+    fi
+    if ! command -v glslc >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "installing glslc"
+            apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq glslc >&2
+        else
+            die "glslc not found (Debian/Ubuntu: apt-get install glslc)"
+        fi
+    fi
+    glslc_version=$(glslc --version 2>/dev/null | head -n 1)
+}
+
+# The glibc symbol versions a library needs, newest last.
+newest_glibc() { objdump -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1; }
+
+case $kind in
+vulkan)
+    zig_tools
+    vulkan_sdk
+    lib=libggml-vulkan.so
     # shellcheck disable=SC2086
-    cmake -S "$llama" -B "$build" $common -DGGML_CUDA=ON -DGGML_CUDA_NO_VMM=ON \
-        -DGGML_CUDA_NCCL=OFF "-DCMAKE_CUDA_ARCHITECTURES=$archs" \
-        "-DCUDA_cublas_LIBRARY=$lib/libcublas.so" "-DCUDA_cublasLt_LIBRARY=$lib/libcublasLt.so" \
-        "-DCMAKE_CUDA_FLAGS=-I$blas/nvidia/cu13/include" \
-        "-DCMAKE_CXX_FLAGS=-I$blas/nvidia/cu13/include" >&2
-    cmake --build "$build" --target ggml-cuda -j "$jobs" >&2
-    so=$(find "$build" -name 'libggml-cuda.so' | head -n 1)
+    flags="$common -DGGML_VULKAN=ON -DGGML_OPENMP=OFF"
+    key=$(printf '%s|%s|%s|%s|%s|%s' "$version" "$flags" "$zig_version" "$vk_deb" "$spirv_deb" \
+          "$glslc_version" | sha256sum | cut -c1-16)
+    ;;
+cuda)
+    lib=libggml-cuda.so
+    archs=${CUDA_ARCHS:-75;80;86;89;90}
+    nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+    [ -x "$nvcc" ] || die "nvcc not found (install the CUDA toolkit, or set NVCC)"
+    # No VMM: no libcuda.so.1 link (the static runtime loads the driver when CUDA starts, so
+    # the module loads everywhere). MMQ for every quantized product: the small BLAS in
+    # native/cuda-blas carries only the float/half ones.
+    flags="$common -DGGML_CUDA=ON -DGGML_CUDA_NO_VMM=ON -DGGML_CUDA_NCCL=OFF
+           -DGGML_CUDA_FORCE_MMQ=ON -DGGML_CUDA_GRAPHS=ON"
+    key=$(printf '%s|%s|%s|%s|%s' "$version" "$flags" "$archs" "$("$nvcc" --version | tail -n 1)" \
+          "$(cat "$here"/native/cuda-blas/* | sha256sum)" | sha256sum | cut -c1-16)
     ;;
 rocm)
-    command -v hipcc >/dev/null 2>&1 || { echo "build-variant: hipcc not found (install ROCm)" >&2; exit 1; }
-    # shellcheck disable=SC2086
-    cmake -S "$llama" -B "$build" $common -DGGML_HIP=ON \
-        "-DAMDGPU_TARGETS=${AMDGPU_TARGETS:-gfx90a;gfx942;gfx1030;gfx1100}" \
-        -DCMAKE_HIP_COMPILER="$(hipconfig -l)/clang" >&2
-    cmake --build "$build" --target ggml-hip -j "$jobs" >&2
-    so=$(find "$build" -name 'libggml-hip.so' | head -n 1)
+    lib=libggml-hip.so
+    archs=${AMDGPU_TARGETS:-gfx90a;gfx942;gfx1030;gfx1100}
+    flags="$common -DGGML_HIP=ON"
+    key=$(printf '%s|%s|%s' "$version" "$flags" "$archs" | sha256sum | cut -c1-16)
     ;;
-*) echo "build-variant: unknown kind $kind (cuda or rocm)" >&2; exit 2 ;;
 esac
-cp "$so" "$out/"
-strip --strip-unneeded "$out/$(basename "$so")"
-# What the variant needs at run time; `pyfile build --backend KIND=DIR` packs this with it.
-case $kind in
-cuda) archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
-      needs='"libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"' ;;
-rocm) archs_json=$(printf '%s' "${AMDGPU_TARGETS:-gfx90a;gfx942;gfx1030;gfx1100}" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
-      needs='"libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"' ;;
-esac
-printf '{"kind": "%s", "engine": "llama-cpp-python %s", "archs": [%s], "needs": [%s]}\n' \
-    "$kind" "$version" "$archs_json" "$needs" > "$out/variant.json"
-echo "$out/$(basename "$so")"
+
+done_dir="$cache/variant-$kind-$version-$key"
+build="$cache/build-$kind-$version-$key"
+if [ ! -f "$done_dir/$lib" ]; then
+    case $kind in
+    vulkan)
+        say "compiling the Vulkan variant (~5 min on 2 cores; log: $build.log)"
+        # shellcheck disable=SC2086
+        cmake -S "$llama" -B "$build" -G "Unix Makefiles" $flags \
+            "-DCMAKE_C_COMPILER=$zdir/bin/zig-cc" "-DCMAKE_CXX_COMPILER=$zdir/bin/zig-cxx" \
+            "-DCMAKE_AR=$zdir/bin/zig-ar" "-DCMAKE_RANLIB=$zdir/bin/zig-ranlib" \
+            "-DVulkan_INCLUDE_DIR=$vdir/usr/include" \
+            "-DVulkan_LIBRARY=$vdir/usr/lib/x86_64-linux-gnu/libvulkan.so.1" \
+            "-DCMAKE_PREFIX_PATH=$vdir/usr" \
+            "-DVulkan_GLSLC_EXECUTABLE=$(command -v glslc)" > "$build.log" 2>&1 \
+            || die "cmake failed (see $build.log)"
+        cmake --build "$build" --target ggml-vulkan -j "$jobs" >> "$build.log" 2>&1 \
+            || die "the build failed (see $build.log)"
+        needs='"libvulkan.so.1"'
+        archs_json=
+        ;;
+    cuda)
+        say "compiling the CUDA variant for $archs (~26 min per architecture on 2 cores; log: $build.log)"
+        # shellcheck disable=SC2086
+        cmake -S "$here/native/cuda-blas" -B "$build" -G "Unix Makefiles" $flags \
+            "-DGGML_SOURCE_DIR=$llama/ggml" "-DCMAKE_CUDA_COMPILER=$nvcc" \
+            "-DCMAKE_CUDA_ARCHITECTURES=$archs" > "$build.log" 2>&1 \
+            || die "cmake failed (see $build.log)"
+        cmake --build "$build" --target ggml-cuda -j "$jobs" >> "$build.log" 2>&1 \
+            || die "the build failed (see $build.log)"
+        needs=  # the NVIDIA driver only: no CUDA runtime, no cuBLAS
+        archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+        ;;
+    rocm)
+        command -v hipcc >/dev/null 2>&1 || die "hipcc not found (install ROCm)"
+        # shellcheck disable=SC2086
+        cmake -S "$llama" -B "$build" $flags "-DAMDGPU_TARGETS=$archs" \
+            -DCMAKE_HIP_COMPILER="$(hipconfig -l)/clang" >&2
+        cmake --build "$build" --target ggml-hip -j "$jobs" >&2
+        needs='"libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"'
+        archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+        ;;
+    esac
+    so=$(find "$build" -name "$lib" | head -n 1)
+    [ -n "$so" ] || die "the build produced no $lib (see $build)"
+    rm -rf "$done_dir.tmp"
+    mkdir -p "$done_dir.tmp"
+    cp "$so" "$done_dir.tmp/$lib"
+    strip --strip-unneeded "$done_dir.tmp/$lib"
+    glibc=$(newest_glibc "$done_dir.tmp/$lib")
+    if [ "$kind" = vulkan ] && [ "$(printf '%s\n%s\n' "$glibc" "$glibc_max" | sort -V | tail -n 1)" != "$glibc_max" ]; then
+        die "$lib needs GLIBC_$glibc, newer than the $glibc_max every pyfile promises"
+    fi
+    # What the variant needs at run time; `pyfile build` packs this file with it.
+    printf '{"kind": "%s", "engine": "llama-cpp-python %s", "archs": [%s], "needs": [%s], "glibc": "%s"}\n' \
+        "$kind" "$version" "$archs_json" "$needs" "$glibc" > "$done_dir.tmp/variant.json"
+    rm -rf "$done_dir"
+    mv "$done_dir.tmp" "$done_dir"
+fi
+# Publish: $variants/KIND points at the newest build of this kind (an atomic symlink swap).
+mkdir -p "$variants"
+ln -sfn "$done_dir" "$variants/.$kind.tmp"
+mv -T "$variants/.$kind.tmp" "$variants/$kind"
+if [ -n "$out" ]; then
+    mkdir -p "$out"
+    if [ "$(cd "$out" && pwd -P)" != "$(cd "$done_dir" && pwd -P)" ]; then
+        cp "$done_dir/$lib" "$done_dir/variant.json" "$out/"
+    fi
+    echo "$out"
+else
+    echo "$variants/$kind"
+fi

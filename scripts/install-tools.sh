@@ -1,10 +1,14 @@
 #!/bin/sh
-# Install the real tools the tests drive (zip checkers and shells) when they are missing.
+# Install the real tools the tests drive (zip checkers, shells, a browser, and Mesa's software
+# Vulkan device with the Vulkan loader for the GPU-path tests) when they are missing.
 # Best effort: needs root and apt-get; otherwise it says what to install and goes on.
 missing=
 for pair in unzip:unzip 7z:p7zip-full zsh:zsh busybox:busybox dash:dash tmux:tmux cc:gcc chromium:chromium; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+for pkg in libvulkan1 mesa-vulkan-drivers; do  # libraries: no command to look for
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
 done
 [ -n "$missing" ] || exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from pyfile.runtime import hardware
-from pyfile.runtime.backends import Variant, _arch_supported, find_runtime_libs, plan_gpu
+from pyfile.runtime import backends
+from pyfile.runtime.backends import Variant, find_runtime_libs, plan_gpu
 from pyfile.runtime.hardware import GPU, Finding, find_amd, find_nvidia
 
 H100 = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
@@ -161,10 +162,13 @@ def test_plan_too_old_compute_capability():
 
 
 def test_arch_rules():
-    assert _arch_supported(GPU("nvidia", 0, "x", 0, "sm_86"), {"archs": ["80"]})
-    assert not _arch_supported(GPU("nvidia", 0, "x", 0, "sm_90"), {"archs": ["80", "86"]})
-    assert not _arch_supported(GPU("amd", 0, "x", 0, "gfx1101"), {"archs": ["gfx1100"]})
-    assert _arch_supported(GPU("amd", 0, "x", 0, "gfx1101"), {})
+    cuda, rocm, vulkan = (backends.get(k).arch_ok for k in ("cuda", "rocm", "vulkan"))
+    assert cuda(GPU("nvidia", 0, "x", 0, "sm_86"), ["80"])
+    assert not cuda(GPU("nvidia", 0, "x", 0, "sm_90"), ["80", "86"])
+    assert not rocm(GPU("amd", 0, "x", 0, "gfx1101"), ["gfx1100"])
+    assert rocm(GPU("amd", 0, "x", 0, "gfx1101"), [])
+    assert vulkan(GPU("vulkan", 0, "x", 0, "Vulkan 1.2"), [])
+    assert not vulkan(GPU("vulkan", 0, "x", 0, "Vulkan 1.1"), [])
 
 
 def test_plan_driver_without_runtime_libraries(tmp_path):
@@ -195,3 +199,115 @@ def test_plan_passes_through_detection_problem():
     empty = Finding("amd", [], "no AMD GPU found", False)
     gpu, problem, _ = plan_gpu("amd", empty, None, libs_ok)
     assert gpu is None and problem == "no AMD GPU found"
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+def test_registry_drives_options_builder_and_order():
+    from pyfile import builder
+    from pyfile.runtime import options
+    assert [b.kind for b in backends.BACKENDS] == ["cuda", "rocm", "vulkan"]  # --gpu auto order
+    assert builder.VARIANT_KINDS == {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so",
+                                     "vulkan": "libggml-vulkan.so"}
+    for b in backends.BACKENDS:
+        for name in (b.gpu, b.kind, *b.aliases):
+            assert options.parse(["--gpu", name]).gpu == b.gpu
+    assert "vulkan" in options.parser().format_help()
+
+
+def test_a_new_record_is_a_new_choice(monkeypatch):
+    from pyfile.runtime import options
+    fake = backends.Backend("metal", "apple", ("mps",), "Metal", "Apple", "libggml-metal.so",
+                            lambda root, env, explicit: Finding("apple", problem="none"),
+                            (), lambda env: [], lambda gpu, archs: True, "n/a")
+    monkeypatch.setattr(backends, "BACKENDS", (*backends.BACKENDS, fake))
+    assert options.parse(["--gpu", "mps"]).gpu == "apple"
+    assert backends.get("metal") is fake
+
+
+# -- Vulkan ---------------------------------------------------------------------------------
+
+def vk_device(name, dtype, api=(1, 3), memory=8 << 30, fp16=True):
+    return {"name": name, "type": dtype, "api": (api[0] << 22) | (api[1] << 12), "driver": 1,
+            "vendor": 0x1002, "memory": memory, "fp16": fp16}
+
+
+LAVAPIPE = vk_device("llvmpipe (LLVM 15.0.6, 256 bits)", 4, memory=2 << 30)
+RENDER_NODE = {"dev/dri/renderD128": ""}
+
+
+def test_vulkan_without_gpu_nodes_skips_the_probe_unless_asked(tmp_path):
+    f = hardware.find_vulkan(str(tmp_path), {}, probe=never)
+    assert not f.gpus and "no GPU device node" in f.problem and not f.present
+    f = hardware.find_vulkan(str(tmp_path), {}, probe=lambda: {"devices": [LAVAPIPE]},
+                             explicit=True)
+    assert not f.gpus and f.problem.startswith("only a software Vulkan device (llvmpipe")
+
+
+def test_vulkan_prefers_discrete_then_integrated(tmp_path):
+    root = tree(tmp_path, RENDER_NODE)
+    devices = [vk_device("Intel(R) UHD Graphics", 1, memory=1 << 30), LAVAPIPE,
+               vk_device("AMD Radeon RX 7900 XTX (RADV NAVI31)", 2, memory=24 << 30)]
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"devices": devices})
+    assert [(g.index, g.name) for g in f.gpus] == [(2, "AMD Radeon RX 7900 XTX (RADV NAVI31)")]
+    assert f.gpus[0].describe() == "AMD Radeon RX 7900 XTX (RADV NAVI31), 24 GiB, Vulkan 1.3"
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"devices": devices[:2]})
+    assert [g.index for g in f.gpus] == [0] and f.gpus[0].integrated
+
+
+def test_vulkan_software_device_counts_only_when_allowed(tmp_path):
+    root = tree(tmp_path, RENDER_NODE)
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"devices": [LAVAPIPE]})
+    assert not f.gpus and "PYFILE_ALLOW_SOFTWARE_GPU=1" in f.problem and f.present
+    f = hardware.find_vulkan(str(tmp_path / "none"), {"PYFILE_ALLOW_SOFTWARE_GPU": "1"},
+                             probe=lambda: {"devices": [LAVAPIPE]})
+    assert f.gpus and f.gpus[0].software and f.gpus[0].describe().endswith("software")
+
+
+def test_vulkan_loader_and_driver_problems(tmp_path):
+    root = tree(tmp_path, RENDER_NODE)
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"error": "loader", "detail": "x"})
+    assert f.problem.startswith("no Vulkan loader: libvulkan.so.1 not found")
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"error": "instance", "code": -9})
+    assert f.problem.startswith("no Vulkan device") and "VK_ERROR_INCOMPATIBLE_DRIVER" in f.problem
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"devices": []})
+    assert "reports no devices" in f.problem
+    old = vk_device("Old GPU", 2, fp16=False)
+    f = hardware.find_vulkan(root, {}, probe=lambda: {"devices": [old]})
+    assert "16-bit storage" in f.problem
+
+
+def test_vulkan_visible_devices(tmp_path):
+    root = tree(tmp_path, RENDER_NODE)
+    two = [vk_device("GPU A", 2), vk_device("GPU B", 2)]
+    f = hardware.find_vulkan(root, {"GGML_VK_VISIBLE_DEVICES": "1"}, probe=lambda: {"devices": two})
+    assert [g.name for g in f.gpus] == ["GPU B"]
+    f = hardware.find_vulkan(root, {"GGML_VK_VISIBLE_DEVICES": ""}, probe=lambda: {"devices": two})
+    assert not f.gpus and "GGML_VK_VISIBLE_DEVICES" in f.problem
+
+
+def test_real_vulkan_probe_is_an_answer_not_a_crash():
+    answer = hardware.run_vulkan_probe()
+    assert "error" in answer or "devices" in answer
+
+
+def test_plan_vulkan_without_variant_and_without_loader_libs(tmp_path):
+    gpu = GPU("vulkan", 0, "AMD Radeon RX 7900 XTX", 24 << 30, "Vulkan 1.3")
+    f = Finding("vulkan", [gpu], None, True)
+    _, problem, _ = plan_gpu("vulkan", f, None, libs_ok)
+    assert "carries no Vulkan variant" in problem and "build-variant.sh vulkan" in problem
+    variant = Variant("vulkan", {"needs": ["libvulkan.so.1"]}, "/x.so")
+    _, problem, _ = plan_gpu("vulkan", f, variant,
+                             lambda k, r: find_runtime_libs(k, {"needs": ["libnope.so.1"]},
+                                                            [str(tmp_path)]))
+    assert "Vulkan runtime libraries are missing: libnope.so.1" in problem
+    old = Finding("vulkan", [GPU("vulkan", 0, "Old", 1 << 30, "Vulkan 1.1")], None, True)
+    _, problem, _ = plan_gpu("vulkan", old, variant, libs_ok)
+    assert "Vulkan 1.1" in problem
+
+
+def test_a_variant_that_needs_only_the_driver_preloads_nothing():
+    found, missing = find_runtime_libs("cuda", {"needs": []}, [])
+    assert found == [] and missing == []
+    found, missing = find_runtime_libs("cuda", {}, [])  # no variant.json: CUDA's defaults
+    assert "libcudart.so.13" in missing + [os.path.basename(p) for p in found]

@@ -14,8 +14,10 @@ from . import __version__, gguf, stub
 from .atomic import atomic_output
 from .runtime import argsfile
 from .runtime.archive import ARGS_NAME, LOCAL_SIG
-from .runtime.engine import GGUF_MAGIC
+from .runtime.backends import LIB_OF
+from .runtime.engine import ENGINE_VERSION, GGUF_MAGIC
 from .runtime.manifest import MANIFEST_NAME, Manifest
+from .variants import VariantDir, published, read_specs
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 
@@ -27,8 +29,8 @@ MIN_ALIGN = 32  # llama.cpp needs the GGUF data 32-byte aligned in the file to m
 MAX_ALIGN = 1 << 20
 
 Progress = Optional[Callable[[int], None]]
-#: GPU variants that can be packed, and the library each must contain.
-VARIANT_KINDS = {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so"}
+#: GPU variants that can be packed, and the library each must contain (the runtime's registry).
+VARIANT_KINDS = LIB_OF
 
 
 @dataclass
@@ -48,6 +50,7 @@ class BuildResult:
     output: str
     size: int
     entries: List[Entry] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # one line each, for the user
 
 
 def source_date_epoch() -> Optional[int]:
@@ -163,34 +166,6 @@ def _check_output(output: str, inputs: List[str]) -> None:
             raise UsageError(f"{output}: the output would overwrite the input {p}")
 
 
-def read_variants(specs: List[str]) -> Dict[str, Tuple[str, List[str], Dict]]:
-    """``KIND=DIR`` options -> kind: (dir, library files, requirements from variant.json)."""
-    import json
-    out: Dict[str, Tuple[str, List[str], Dict]] = {}
-    for spec in specs:
-        kind, sep, folder = spec.partition("=")
-        if not sep or kind not in VARIANT_KINDS:
-            raise UsageError(f"--backend {spec!r}: expected KIND=DIR with KIND one of "
-                             f"{', '.join(VARIANT_KINDS)}")
-        if not os.path.isdir(folder):
-            raise InputError(f"--backend {spec}: {folder} is not a folder")
-        libs = sorted(n for n in os.listdir(folder)
-                      if (n.endswith(".so") or ".so." in n)
-                      and os.path.isfile(os.path.join(folder, n)))
-        if VARIANT_KINDS[kind] not in libs:
-            raise InputError(f"--backend {spec}: {folder} has no {VARIANT_KINDS[kind]}")
-        requires: Dict = {}
-        meta = os.path.join(folder, "variant.json")
-        if os.path.isfile(meta):
-            try:
-                with open(meta, encoding="utf-8") as f:
-                    requires = json.load(f)
-            except ValueError as e:
-                raise InputError(f"{meta}: not valid JSON: {e}") from None
-        out[kind] = (folder, libs, requires if isinstance(requires, dict) else {})
-    return out
-
-
 @dataclass
 class RuntimeOptions:
     """How to assemble the runtime that travels inside the file."""
@@ -206,11 +181,13 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
           backends: List[str] = (), runtime: Optional[RuntimeOptions] = None,
-          sha256: bool = False) -> BuildResult:
+          sha256: bool = False, gpu_variants: bool = True) -> BuildResult:
     """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
 
-    Everything is validated before the first byte is written; ``on_start`` receives the
-    number of bytes that will be copied (for a progress bar). Every member gets a CRC-32
+    GPU variants: those given as ``backends`` (``KIND=DIR``) and, unless ``gpu_variants``
+    is False, every published one (:mod:`pyfile.variants`). Everything is validated before
+    the first byte is written; ``on_start`` receives the number of bytes that will be
+    copied (for a progress bar). Every member gets a CRC-32
     (the zip's own check); every member but the model and extra files also a SHA-256 in
     the manifest, and those too with ``sha256`` (one more pass over the weights: SHA-256
     runs at 0.9 GB/s here, a third of the copy's speed).
@@ -219,7 +196,10 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
     check_align(align)
     argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
     epoch = source_date_epoch()
-    variants = read_variants(list(backends))
+    notes: List[str] = []
+    variants = read_specs(list(backends))
+    if gpu_variants:
+        variants.update(published(ENGINE_VERSION, list(variants), notes))
     from . import wheels
     pythons = wheels.parse_pythons(runtime.pythons)
     _check_output(output, [model, *extras])
@@ -246,15 +226,15 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
             if not runtime.allow_unportable_engine:
                 bundle.check_targets(rt_bundle)
         fixed = Fixed(stub.render(), stub.main_source(), runtime_files(), {
-            kind: [(lib, _read(os.path.join(folder, lib))) for lib in libs]
-            for kind, (folder, libs, _) in variants.items()}, rt_bundle)
+            kind: [(lib, _read(os.path.join(v.folder, lib))) for lib in v.libs]
+            for kind, v in variants.items()}, rt_bundle)
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
             entries = write_archive(f, sources, args_text, align, epoch, progress, variants,
                                     fixed, sha256)
             size = f.tell()
-    return BuildResult(output, size, entries)
+    return BuildResult(output, size, entries, notes)
 
 
 @dataclass
@@ -270,7 +250,7 @@ class Fixed:
 
 def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
                   epoch: Optional[int], progress: Progress,
-                  variants: Dict[str, Tuple[str, List[str], Dict]], fixed: Fixed,
+                  variants: Dict[str, VariantDir], fixed: Fixed,
                   sha256: bool = False) -> List[Entry]:
     f.write(fixed.stub)
     w = ZipWriter(f, epoch=epoch)
@@ -288,13 +268,13 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         man.add_member(entry, "model" if src.info is not None else "file", align)
         if src.info is not None:
             man.models[src.name] = src.info.summary()
-    for kind, (_folder, _libs, requires) in sorted(variants.items()):
+    for kind, v in sorted(variants.items()):
         members = []
         for lib, data in fixed.variant_libs[kind]:
             name = f".pyfile/variants/{kind}/{lib}"
             man.add_member(w.add_bytes(name, data, level=6), "variant")
             members.append(name)
-        man.variants[kind] = {"members": members, "requires": requires}
+        man.variants[kind] = {"members": members, "requires": v.requires}
     if fixed.bundle is not None:
         b = fixed.bundle
         with open(b.path, "rb") as inp:

@@ -64,7 +64,9 @@ def cli() -> None:
 @click.option("--align", default=None, type=int,
               help="Align model data to this many bytes (default 65536: any page size).")
 @click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
-              help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
+              help="Pack the GPU variant in DIR (from scripts/build-variant.sh KIND DIR).")
+@click.option("--no-gpu-variants", "no_gpu_variants", is_flag=True,
+              help="Leave out the GPU variants packed by default (those in $PYFILE_VARIANTS).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
 @click.option("--python", "pythons", default=None, metavar="3.X,3.Y",
@@ -81,7 +83,7 @@ def cli() -> None:
               help="Pack a native or new-glibc engine anyway (the file then runs only on "
                    "machines like this one).")
 def build(model: str, extra: List[str], output: str, args_text: str,
-          args_file: Any, align: int, backends: List[str], slim: bool,
+          args_file: Any, align: int, backends: List[str], no_gpu_variants: bool, slim: bool,
           pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
           sha256: bool, allow_unportable_engine: bool) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
@@ -94,9 +96,11 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), runtime=runtime,
-                          sha256=sha256)
+                          sha256=sha256, gpu_variants=not no_gpu_variants)
     finally:
         bar.finish()
+    for note in result.notes:
+        click.echo(f"pyfile: {note}", err=True)
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
 
 

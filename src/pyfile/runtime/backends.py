@@ -1,10 +1,13 @@
 """Choose the compute backend at run time and say which, and why, in one line.
 
-Order for ``--gpu auto``: an NVIDIA GPU with a CUDA variant, then an AMD GPU with a ROCm
-variant, then the best CPU variant. Each GPU choice must pass the same child-process probe
-as CPU variants (the real model's first computation), so a driver or kernel failure ends
-in a fallback (``auto``) or a clear error (explicit ``--gpu``), never a crash. Verdicts are
-cached per machine, driver, variant and model.
+The GPU backends are one registry, :data:`BACKENDS`: a record per backend (its ``--gpu``
+names, library, device finder, runtime libraries, architecture check, install hint), from
+which the ``--gpu`` choices, the packable variant kinds and the order of ``--gpu auto`` come.
+That order: an NVIDIA GPU with a CUDA variant, an AMD GPU with a ROCm variant, a real
+(discrete or integrated) GPU through Vulkan, then the best CPU variant. Each GPU choice must
+pass the same child-process probe as CPU variants (the real model's first computation), so
+a driver or kernel failure ends in a fallback (``auto``) or a clear error (explicit
+``--gpu``), never a crash. Verdicts are cached per machine, driver, variant and model.
 """
 
 from __future__ import annotations
@@ -15,21 +18,123 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import cpu, hardware
 from .engine import ModelSource, import_llama_cpp
 from .errors import BackendError
 from .manifest import Manifest
 
-KIND_OF = {"nvidia": "cuda", "amd": "rocm"}
-LIB_OF = {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so"}
-TITLE = {"cuda": "CUDA", "rocm": "ROCm"}
-#: Runtime libraries each GPU variant needs when its variant.json does not say.
-DEFAULT_NEEDS = {
-    "cuda": ["libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"],
-    "rocm": ["libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"],
-}
+
+@dataclass(frozen=True)
+class Backend:
+    """One GPU backend: everything the launcher, the options and the builder know about it.
+
+    Adding a backend is one record in :data:`BACKENDS` and one finder in ``hardware``.
+    """
+
+    kind: str  # variant kind: manifest key, --backend KIND=DIR, "backend KIND (...)" line
+    gpu: str  # the --gpu value that asks for it
+    aliases: Tuple[str, ...]  # other --gpu spellings
+    title: str  # for messages: "CUDA"
+    device: str  # whose GPUs, for "no ... GPU found": "NVIDIA"
+    lib: str  # the ggml backend module a variant of this kind must contain
+    find: Callable[[str, Mapping[str, str], bool], hardware.Finding]  # (root, env, explicit)
+    needs: Tuple[str, ...]  # runtime libraries, when the variant's variant.json does not say
+    lib_dirs: Callable[[Mapping[str, str]], List[str]]  # where users have those libraries
+    arch_ok: Callable[[hardware.GPU, List[str]], bool]  # (GPU, the variant's archs)
+    hint: str  # how to install missing runtime libraries
+    devices_env: Optional[str] = None  # ggml's device filter, set to the devices chosen
+    setup_builds: bool = False  # `make setup` builds it; `pyfile build` notes when absent
+
+
+def _env_dirs(env: Mapping[str, str]) -> List[str]:
+    return [d for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+
+
+def _cuda_dirs(env: Mapping[str, str]) -> List[str]:
+    dirs = _env_dirs(env)
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(var):
+            dirs += [os.path.join(env[var], "lib64"), os.path.join(env[var], "lib")]
+    dirs += sorted(glob.glob("/usr/local/cuda*/lib64"), reverse=True)
+    dirs += sorted(glob.glob("/usr/local/cuda*/lib"), reverse=True)
+    dirs += ["/usr/lib/wsl/lib", "/usr/lib/x86_64-linux-gnu"]
+    for sp in sys.path:  # PyTorch-style nvidia-* wheels
+        dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "cu1*", "lib")), reverse=True)
+        dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
+    return dirs
+
+
+def _rocm_dirs(env: Mapping[str, str]) -> List[str]:
+    dirs = _env_dirs(env)
+    for var in ("ROCM_PATH", "HIP_PATH"):
+        if env.get(var):
+            dirs.append(os.path.join(env[var], "lib"))
+    return dirs + sorted(glob.glob("/opt/rocm*/lib"), reverse=True)
+
+
+def _system_dirs(env: Mapping[str, str]) -> List[str]:
+    return _env_dirs(env) + ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64",
+                             "/usr/lib", "/usr/lib/wsl/lib"]
+
+
+def _sm_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
+    have = int(gpu.arch[3:] or 0) if gpu.arch.startswith("sm_") else 0
+    # CUDA code for sm_XY runs on sm_XZ (Z >= Y) and PTX (if shipped) on newer majors.
+    return not archs or any(have // 10 == int(a) // 10 and have >= int(a)
+                            for a in archs if a.isdigit())
+
+
+def _gfx_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
+    return not archs or gpu.arch in archs
+
+
+def _vulkan_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
+    """ggml's Vulkan backend needs Vulkan 1.2 (``archs`` would list API versions)."""
+    try:
+        major, minor = (int(x) for x in gpu.arch.split()[-1].split("."))
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 2) and (not archs or gpu.arch.split()[-1] in archs)
+
+
+BACKENDS: Tuple[Backend, ...] = (
+    Backend("cuda", "nvidia", ("cuda", "cublas"), "CUDA", "NVIDIA", "libggml-cuda.so",
+            lambda root, env, explicit: hardware.find_nvidia(root, env),
+            ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"), _cuda_dirs, _sm_ok,
+            "pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit"),
+    Backend("rocm", "amd", ("rocm", "hip"), "ROCm", "AMD", "libggml-hip.so",
+            lambda root, env, explicit: hardware.find_amd(root, env),
+            ("libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"), _rocm_dirs, _gfx_ok,
+            "install ROCm 6 (hip, rocblas, hipblas)"),
+    Backend("vulkan", "vulkan", ("vk",), "Vulkan", "Vulkan", "libggml-vulkan.so",
+            lambda root, env, explicit: hardware.find_vulkan(root, env, explicit=explicit),
+            ("libvulkan.so.1",), _system_dirs, _vulkan_ok,
+            "install the Vulkan loader: libvulkan1 on Debian/Ubuntu, vulkan-loader on Fedora",
+            devices_env="GGML_VK_VISIBLE_DEVICES", setup_builds=True),
+)
+#: --gpu values that mean "no GPU".
+CPU_NAMES = ("cpu", "disable", "disabled", "none")
+#: Packable variant kinds and the library each must contain.
+LIB_OF: Dict[str, str] = {b.kind: b.lib for b in BACKENDS}
+
+
+def get(name: str) -> Backend:
+    """The backend for a kind ("cuda") or a --gpu value or alias ("nvidia", "hip")."""
+    for b in BACKENDS:
+        if name in (b.kind, b.gpu, *b.aliases):
+            return b
+    raise KeyError(name)
+
+
+def gpu_choices() -> Dict[str, str]:
+    """Every accepted --gpu spelling -> its canonical value ("auto", "cpu" or a backend's)."""
+    out = {"auto": "auto"}
+    out.update((n, "cpu") for n in CPU_NAMES)
+    for b in BACKENDS:
+        out.update((n, b.gpu) for n in (b.gpu, b.kind, *b.aliases))
+    return out
 
 
 @dataclass
@@ -44,7 +149,7 @@ class Variant:
 
 @dataclass
 class Selection:
-    kind: str  # "cpu", "cuda" or "rocm"
+    kind: str  # "cpu" or a backend's kind ("cuda", "rocm", "vulkan")
     detail: str
     n_gpu_layers: int
     extra_bufts: bool = True
@@ -85,7 +190,9 @@ def packed_variants(manifest: Optional[Manifest]) -> Dict[str, Variant]:
 def find_runtime_libs(kind: str, requires: Dict[str, Any],
                       search: Optional[List[str]] = None) -> Tuple[List[str], List[str]]:
     """Locate the GPU runtime libraries where users have them; return (found, missing)."""
-    needs = requires.get("needs") or DEFAULT_NEEDS[kind]
+    backend = get(kind)
+    # variant.json's list, even an empty one (a CUDA variant that needs only the driver)
+    needs = requires["needs"] if isinstance(requires.get("needs"), list) else list(backend.needs)
     dirs = search if search is not None else runtime_lib_dirs(kind)
     found, missing = [], []
     for soname in needs:
@@ -111,67 +218,54 @@ def _try(soname: str) -> bool:
 
 
 def runtime_lib_dirs(kind: str) -> List[str]:
-    env = os.environ
-    dirs = [d for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
-    if kind == "cuda":
-        for var in ("CUDA_HOME", "CUDA_PATH"):
-            if env.get(var):
-                dirs += [os.path.join(env[var], "lib64"), os.path.join(env[var], "lib")]
-        dirs += sorted(glob.glob("/usr/local/cuda*/lib64"), reverse=True)
-        dirs += sorted(glob.glob("/usr/local/cuda*/lib"), reverse=True)
-        dirs += ["/usr/lib/wsl/lib", "/usr/lib/x86_64-linux-gnu"]
-        for sp in sys.path:  # PyTorch-style nvidia-* wheels
-            dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "cu1*", "lib")), reverse=True)
-            dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
-    else:
-        for var in ("ROCM_PATH", "HIP_PATH"):
-            if env.get(var):
-                dirs.append(os.path.join(env[var], "lib"))
-        dirs += sorted(glob.glob("/opt/rocm*/lib"), reverse=True)
-    return [d for d in dirs if os.path.isdir(d)]
+    """Existing folders where a backend's runtime libraries may be, most specific first."""
+    return [d for d in get(kind).lib_dirs(os.environ) if os.path.isdir(d)]
 
 
-def _arch_supported(gpu: hardware.GPU, requires: Dict[str, Any]) -> bool:
-    archs = [str(a) for a in requires.get("archs", [])]
-    if not archs:
-        return True
-    if gpu.vendor == "nvidia":
-        have = int(gpu.arch[3:] or 0)
-        # CUDA code for sm_XY runs on sm_XZ (Z >= Y) and PTX (if shipped) on newer majors.
-        return any(have // 10 == int(a) // 10 and have >= int(a) for a in archs if a.isdigit())
-    return gpu.arch in archs
-
-
-def plan_gpu(vendor: str, finding: hardware.Finding, variant: Optional[Variant],
+def plan_gpu(backend: Union[Backend, str], finding: hardware.Finding, variant: Optional[Variant],
              libs: Callable[[str, Dict[str, Any]], Tuple[List[str], List[str]]]
              ) -> Tuple[Optional[hardware.GPU], Optional[str], List[str]]:
-    """(GPU to use, problem, runtime libs) for one vendor; pure apart from ``libs``."""
-    kind = KIND_OF[vendor]
+    """(GPU to use, problem, runtime libs) for one backend; pure apart from ``libs``."""
+    be = backend if isinstance(backend, Backend) else get(backend)
     if not finding.gpus:
-        return None, finding.problem or f"no {vendor} GPU found", []
+        return None, finding.problem or f"no {be.device} GPU found", []
     gpu = max(finding.gpus, key=lambda g: g.memory)
     if variant is None:
-        return None, (f"{gpu.name} found, but this pyfile carries no {TITLE[kind]} variant "
-                      f"(build one with scripts/build-variant.sh {kind} and pack it with "
-                      f"pyfile build --backend {kind}=DIR)"), []
-    if not _arch_supported(gpu, variant.requires):
-        return None, (f"{gpu.name} is {gpu.arch}, which the {TITLE[kind]} variant has no kernels "
-                      f"for (built for {', '.join(map(str, variant.requires.get('archs', [])))})"
-                      ), []
-    found, missing = libs(kind, variant.requires)
+        return None, (f"{gpu.name} found, but this pyfile carries no {be.title} variant "
+                      f"(build one with scripts/build-variant.sh {be.kind}, then build the "
+                      f"pyfile again)"), []
+    archs = [str(a) for a in variant.requires.get("archs", [])]
+    if not be.arch_ok(gpu, archs):
+        built = f" (built for {', '.join(archs)})" if archs else ""
+        return None, (f"{gpu.name} is {gpu.arch}, which the {be.title} variant has no kernels "
+                      f"for{built}"), []
+    found, missing = libs(be.kind, variant.requires)
     if missing:
-        hint = ("pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit"
-                if kind == "cuda" else "install ROCm 6 (hip, rocblas, hipblas)")
-        return None, (f"{gpu.name} found, but the {TITLE[kind]} runtime libraries are missing: "
-                      f"{', '.join(missing)} ({hint})"), []
+        return None, (f"{gpu.name} found, but the {be.title} runtime libraries are missing: "
+                      f"{', '.join(missing)} ({be.hint})"), []
     return gpu, None, found
+
+
+@dataclass
+class _Choice:
+    backend: Backend
+    gpu: hardware.GPU
+    count: int  # devices of the chosen class (ggml uses them all)
+    variant: Variant
+    libs: List[str]
+    ngl: int
 
 
 def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
            manifest: Optional[Manifest] = None, archive_path: Optional[str] = None,
            n_gpu_layers: Optional[int] = None, n_layers: Optional[int] = None,
            root: str = "/") -> Selection:
-    """Load the best usable backend into this process and describe it."""
+    """Load the best usable backend into this process and describe it.
+
+    ``gpu_flag`` is "auto", "cpu" or a backend's --gpu value. ``auto`` tries the backends
+    in :data:`BACKENDS` order, then the CPU; an explicit backend that cannot be used raises
+    :class:`BackendError` naming what is missing.
+    """
     llama_cpp = import_llama_cpp()
     from . import logs
     logs.route(llama_cpp, verbose)  # ggml logs while loading backends; quiet unless -v
@@ -181,57 +275,82 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
                                source.size, engine, verdicts)
     variants = installed_variants(llama_cpp)
     variants.update(packed_variants(manifest))
-    reasons: List[str] = []
-    explicit = gpu_flag in KIND_OF
-    vendors = [] if gpu_flag == "cpu" else ([gpu_flag] if explicit else ["nvidia", "amd"])
-    gpu_choice = None
-    for vendor in vendors:
-        finding = (hardware.find_nvidia(root) if vendor == "nvidia" else hardware.find_amd(root))
-        kind = KIND_OF[vendor]
-        gpu, problem, libs = plan_gpu(vendor, finding, variants.get(kind), find_runtime_libs)
-        if gpu is not None:
-            variant = variants[kind]
-            if variant.path is None:
-                variant.path = _extract(archive_path, variant)
-            ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
-            key = cpu.verdict_key(engine, kind, cpu.file_id(variant.path), gpu.name,
-                                  str(finding.driver), source.name, str(source.size), str(ngl))
-            seen = verdicts.get(key)
-            if seen is None:
-                ok, why = cpu.run_probe({"preload": libs, "backends": [p for p in (
-                    chosen.path, variant.path) if p], "path": source.path,
-                    "offset": source.offset, "extra": chosen.extra_bufts, "ngl": ngl})
-                verdicts.put(key, {"ok": ok, "why": why, "variant": kind})
-            else:
-                ok, why = bool(seen.get("ok")), str(seen.get("why"))
-            if ok:
-                gpu_choice = (kind, gpu, variant, libs, ngl)
-                break
-            problem = f"the {TITLE[kind]} variant failed its first computation on {gpu.name} ({why})"
+    explicit = gpu_flag not in ("auto", "cpu")
+    order = () if gpu_flag == "cpu" else ((get(gpu_flag),) if explicit else BACKENDS)
+    absent: List[Backend] = []  # no such hardware at all: summarised, not explained
+    reasons: List[str] = []  # hardware there but not usable: each says why
+    choice: Optional[_Choice] = None
+    for be in order:
+        finding = be.find(root, os.environ, explicit)
+        choice, problem = _attempt(be, finding, variants.get(be.kind), source, chosen, engine,
+                                   verdicts, archive_path, n_gpu_layers)
+        if choice is not None:
+            break
         if explicit:
             raise BackendError(f"--gpu {gpu_flag}: {problem}")
-        reasons.append(problem or f"no {vendor} GPU")
+        if finding.present:
+            reasons.append(f"{be.title}: {problem}")
+        else:
+            absent.append(be)
     cpu.load(chosen)
-    if gpu_choice is not None:
-        kind, gpu, variant, libs, ngl = gpu_choice
-        for lib in libs:
+    if choice is not None:
+        for lib in choice.libs:
             ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-        if not cpu.load_backend(variant.path):
-            raise BackendError(f"the {TITLE[kind]} variant failed to load ({variant.path})")
+        if not cpu.load_backend(choice.variant.path or ""):
+            raise BackendError(f"the {choice.backend.title} variant failed to load "
+                               f"({choice.variant.path})")
+        ngl = choice.ngl
         total = (n_layers + 1) if n_layers else None
         layers = (f"{min(ngl, total)}/{total} layers" if total else
                   ("all layers" if ngl >= 999 else f"{ngl} layers"))
-        return Selection(kind, f"{gpu.describe()}; {layers} offloaded", ngl, chosen.extra_bufts)
+        more = f" (+{choice.count - 1} more)" if choice.count > 1 else ""
+        return Selection(choice.backend.kind, "; ".join(
+            [f"{choice.gpu.describe()}{more}; {layers} offloaded", *reasons]), ngl,
+            chosen.extra_bufts)
     extra = [chosen.label]
     if notes:
         extra.append("skipped: " + "; ".join(notes))
     if gpu_flag == "cpu":
         extra.append("GPU disabled by --gpu")
-    elif all(r.startswith("no ") and r.endswith("GPU found") for r in reasons):
-        extra.append("no NVIDIA or AMD GPU found")
     else:
-        extra += [r for r in reasons if not (r.startswith("no ") and r.endswith("GPU found"))]
+        extra += reasons
+        if absent and not reasons:
+            names = [b.device for b in absent]
+            extra.append("no " + (" or ".join(names) if len(names) < 3 else
+                                  ", ".join(names[:-1]) + " or " + names[-1]) + " GPU found")
     return Selection("cpu", "; ".join(extra), 0, chosen.extra_bufts)
+
+
+def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
+             source: ModelSource, chosen: cpu.Candidate, engine: str, verdicts: cpu.Verdicts,
+             archive_path: Optional[str], n_gpu_layers: Optional[int]
+             ) -> Tuple[Optional[_Choice], Optional[str]]:
+    """Plan one backend and run (or recall) its probe: (choice, None) or (None, problem)."""
+    gpu, problem, libs = plan_gpu(be, finding, variant, find_runtime_libs)
+    if gpu is None or variant is None:
+        return None, problem
+    set_env = be.devices_env is not None and be.devices_env not in os.environ
+    if set_env:  # ggml's own filter: only the devices we chose (children inherit it)
+        os.environ[str(be.devices_env)] = ",".join(str(g.index) for g in finding.gpus)
+    if variant.path is None:
+        variant.path = _extract(archive_path, variant)
+    ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
+    key = cpu.verdict_key(engine, be.kind, cpu.file_id(variant.path), gpu.name,
+                          str(finding.driver), source.name, str(source.size), str(ngl),
+                          os.environ.get(be.devices_env or "", ""))
+    seen = verdicts.get(key)
+    if seen is None:
+        ok, why = cpu.run_probe({"preload": libs, "backends": [p for p in (
+            chosen.path, variant.path) if p], "path": source.path,
+            "offset": source.offset, "extra": chosen.extra_bufts, "ngl": ngl})
+        verdicts.put(key, {"ok": ok, "why": why, "variant": be.kind})
+    else:
+        ok, why = bool(seen.get("ok")), str(seen.get("why"))
+    if ok:
+        return _Choice(be, gpu, len(finding.gpus), variant, libs, ngl), None
+    if set_env:
+        os.environ.pop(str(be.devices_env), None)
+    return None, f"the {be.title} variant failed its first computation on {gpu.name} ({why})"
 
 
 def _extract(archive_path: Optional[str], variant: Variant) -> str:

@@ -2,7 +2,8 @@
 
 Every function takes ``root`` (default ``/``) and ``env`` so tests can point them at a
 simulated ``/proc``, ``/sys`` and ``/dev`` tree. The only code that touches a driver is
-:data:`CUDA_PROBE`, run in a child process so a broken driver cannot crash us.
+:data:`CUDA_PROBE` and :data:`VULKAN_PROBE`, each run in a child process so a broken driver
+cannot crash us.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ GiB = 1 << 30
 
 @dataclass
 class GPU:
-    vendor: str  # "nvidia" or "amd"
-    index: int
+    vendor: str  # "nvidia", "amd" (CUDA/ROCm finders) or "vulkan"
+    index: int  # the device's index for its API (CUDA ordinal, KFD node, Vulkan device)
     name: str
     memory: int  # bytes
-    arch: str  # "sm_90", "gfx1100"
+    arch: str  # "sm_90", "gfx1100", "Vulkan 1.3"
     integrated: bool = False
+    software: bool = False  # a CPU pretending to be a GPU (Mesa's lavapipe/llvmpipe)
 
     def describe(self) -> str:
-        return f"{self.name}, {self.memory / GiB:.0f} GiB, {self.arch}"
+        kind = ", software" if self.software else (", integrated" if self.integrated else "")
+        return f"{self.name}, {self.memory / GiB:.0f} GiB, {self.arch}{kind}"
 
 
 @dataclass
@@ -105,20 +108,26 @@ CUDA_ERRORS = {
 }
 
 
-def run_cuda_probe(env: Optional[Mapping[str, str]] = None, timeout: float = 60) -> Dict[str, Any]:
-    """Ask libcuda (in a child process) for devices; returns the probe's JSON."""
+def _run_probe(code: str, what: str, env: Optional[Mapping[str, str]], timeout: float
+               ) -> Dict[str, Any]:
+    """Run a driver probe in a child process; its last stdout line is JSON."""
     try:
-        r = subprocess.run([sys.executable, "-c", CUDA_PROBE], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=timeout, env=dict(env) if env is not None else None,
                            stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return {"error": "the CUDA driver did not answer within a minute"}
+        return {"error": f"the {what} driver did not answer within {timeout:.0f} s"}
     if r.returncode != 0:
-        return {"error": f"the CUDA driver probe crashed (exit {r.returncode})"}
+        return {"error": f"the {what} driver probe crashed (exit {r.returncode})"}
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"error": "the CUDA driver probe gave no answer"}
+        return {"error": f"the {what} driver probe gave no answer"}
+
+
+def run_cuda_probe(env: Optional[Mapping[str, str]] = None, timeout: float = 60) -> Dict[str, Any]:
+    """Ask libcuda (in a child process) for devices; returns the probe's JSON."""
+    return _run_probe(CUDA_PROBE, "CUDA", env, timeout)
 
 
 def find_nvidia(root: str = "/", env: Mapping[str, str] = os.environ,
@@ -229,4 +238,146 @@ def find_amd(root: str = "/", env: Mapping[str, str] = os.environ,
         f.gpus = discrete
     if not f.gpus and not f.problem:
         f.problem = "HIP_VISIBLE_DEVICES hides every AMD GPU"
+    return f
+
+
+# -- Vulkan ---------------------------------------------------------------------------------
+
+# Runs in a child process: the Vulkan loader's view of the devices, through the C API with
+# ctypes (only the leading fields of the property structs are read; the buffers are larger
+# than the structs). Fails soft: every outcome is one JSON line.
+VULKAN_PROBE = r"""
+import ctypes, json, struct, sys
+C = ctypes
+try:
+    vk = C.CDLL("libvulkan.so.1")
+except OSError as e:
+    print(json.dumps({"error": "loader", "detail": str(e)})); sys.exit(0)
+class App(C.Structure):
+    _fields_ = [("sType", C.c_int), ("pNext", C.c_void_p), ("name", C.c_char_p),
+                ("version", C.c_uint32), ("engine", C.c_char_p), ("engineVersion", C.c_uint32),
+                ("apiVersion", C.c_uint32)]
+class Info(C.Structure):
+    _fields_ = [("sType", C.c_int), ("pNext", C.c_void_p), ("flags", C.c_uint32),
+                ("app", C.POINTER(App)), ("nLayers", C.c_uint32), ("layers", C.c_void_p),
+                ("nExtensions", C.c_uint32), ("extensions", C.c_void_p)]
+app = App(0, None, b"pyfile", 1, b"pyfile", 1, (1 << 22) | (2 << 12))  # Vulkan 1.2
+info = Info(1, None, 0, C.pointer(app), 0, None, 0, None)
+inst = C.c_void_p()
+vk.vkCreateInstance.argtypes = [C.c_void_p, C.c_void_p, C.c_void_p]
+rc = vk.vkCreateInstance(C.byref(info), None, C.byref(inst))
+if rc:
+    print(json.dumps({"error": "instance", "code": rc})); sys.exit(0)
+vk.vkEnumeratePhysicalDevices.argtypes = [C.c_void_p, C.c_void_p, C.c_void_p]
+for fn in ("vkGetPhysicalDeviceProperties", "vkGetPhysicalDeviceMemoryProperties",
+           "vkGetPhysicalDeviceFeatures2", "vkDestroyInstance"):
+    getattr(vk, fn).argtypes = [C.c_void_p, C.c_void_p]
+n = C.c_uint32()
+vk.vkEnumeratePhysicalDevices(inst, C.byref(n), None)
+handles = (C.c_void_p * n.value)()
+vk.vkEnumeratePhysicalDevices(inst, C.byref(n), handles)
+out = {"devices": []}
+for h in handles[:n.value]:
+    props = C.create_string_buffer(2048)  # VkPhysicalDeviceProperties: 824 bytes
+    vk.vkGetPhysicalDeviceProperties(h, props)
+    api, driver, vendor, device, dtype = struct.unpack_from("<5I", props.raw, 0)
+    name = props.raw[20:276].split(b"\0")[0].decode("utf-8", "replace")
+    mem = C.create_string_buffer(1024)  # VkPhysicalDeviceMemoryProperties: 520 bytes
+    vk.vkGetPhysicalDeviceMemoryProperties(h, mem)
+    heaps = struct.unpack_from("<I", mem.raw, 260)[0]
+    local = [struct.unpack_from("<QI", mem.raw, 264 + 16 * i) for i in range(min(heaps, 16))]
+    fp16 = False
+    if api >= (1 << 22) | (1 << 12):  # Vulkan 1.1: VkPhysicalDeviceVulkan11Features
+        v11 = C.create_string_buffer(256)
+        struct.pack_into("<I", v11, 0, 49)
+        feats = C.create_string_buffer(512)
+        struct.pack_into("<IIQ", feats, 0, 1000059000, 0, C.addressof(v11))
+        vk.vkGetPhysicalDeviceFeatures2(h, feats)
+        fp16 = struct.unpack_from("<I", v11.raw, 16)[0] != 0  # storageBuffer16BitAccess
+    out["devices"].append({"name": name, "type": dtype, "api": api, "driver": driver,
+                           "vendor": vendor, "memory": max([s for s, f in local if f & 1] or [0]),
+                           "fp16": fp16})
+vk.vkDestroyInstance(inst, None)
+print(json.dumps(out))
+"""
+
+#: VkPhysicalDeviceType, best first for running a model; CPU (4) is a software renderer.
+VK_DEVICE_TYPES = {2: "discrete", 1: "integrated", 3: "virtual", 0: "other", 4: "software"}
+VK_RESULTS = {-9: "VK_ERROR_INCOMPATIBLE_DRIVER",
+              -3: "VK_ERROR_INITIALIZATION_FAILED", -1: "VK_ERROR_OUT_OF_HOST_MEMORY"}
+#: Where a real GPU shows up as a device node (Mesa/AMD/Intel, NVIDIA, WSL).
+GPU_NODES = ("dev/dri/renderD*", "dev/nvidia[0-9]*", "dev/dxg")
+
+
+def run_vulkan_probe(env: Optional[Mapping[str, str]] = None, timeout: float = 60
+                     ) -> Dict[str, Any]:
+    """Ask the Vulkan loader (in a child process) for devices; returns the probe's JSON."""
+    return _run_probe(VULKAN_PROBE, "Vulkan", env, timeout)
+
+
+def _vk_version(api: int) -> str:
+    return f"Vulkan {(api >> 22) & 0x7F}.{(api >> 12) & 0x3FF}"
+
+
+def find_vulkan(root: str = "/", env: Mapping[str, str] = os.environ,
+                probe: Callable[[], Dict[str, Any]] = run_vulkan_probe,
+                explicit: bool = False) -> Finding:
+    """Vulkan devices a model can run on, best class first (discrete, integrated, ...).
+
+    Software devices (lavapipe) count only with ``PYFILE_ALLOW_SOFTWARE_GPU=1``. Without
+    that, a machine with no GPU device node is answered without starting the probe unless
+    the user asked for Vulkan (``explicit``), so the error can say what the loader sees.
+    ``GGML_VK_VISIBLE_DEVICES`` (ggml's own filter) is honoured.
+    """
+    f = Finding("vulkan")
+    software_ok = env.get("PYFILE_ALLOW_SOFTWARE_GPU") == "1"
+    nodes = [p for pattern in GPU_NODES for p in glob.glob(os.path.join(root, pattern))]
+    if not nodes and not software_ok and not explicit:
+        f.problem = "no GPU device node for Vulkan (/dev/dri/renderD*, /dev/nvidia*)"
+        return f
+    answer = probe()
+    if answer.get("error") == "loader":
+        f.problem = ("no Vulkan loader: libvulkan.so.1 not found (install it: libvulkan1 on "
+                     "Debian/Ubuntu, vulkan-loader on Fedora/Arch)")
+        return f
+    if answer.get("error") == "instance":
+        code = answer.get("code")
+        f.problem = (f"no Vulkan device: the Vulkan loader found no usable driver "
+                     f"(vkCreateInstance: {VK_RESULTS.get(code, f'VkResult {code}')})")
+        return f
+    if "error" in answer:
+        f.problem = str(answer["error"])
+        return f
+    devices = answer.get("devices") or []
+    f.present = bool(devices)
+    f.driver = ",".join(f"{d.get('vendor', 0):x}:{d.get('driver', 0)}" for d in devices) or None
+    visible = _visible(env, "GGML_VK_VISIBLE_DEVICES")
+    usable: List[GPU] = []
+    notes: List[str] = []
+    for i, d in enumerate(devices):
+        if visible is not None and str(i) not in visible:
+            continue
+        dtype = int(d.get("type", 0))
+        gpu = GPU("vulkan", i, str(d.get("name") or f"Vulkan device {i}"), int(d.get("memory", 0)),
+                  _vk_version(int(d.get("api", 0))), dtype == 1, dtype == 4)
+        if gpu.software and not software_ok:
+            notes.append(f"only a software Vulkan device ({gpu.name}; not used unless "
+                         f"PYFILE_ALLOW_SOFTWARE_GPU=1)")
+            continue
+        if not d.get("fp16"):
+            notes.append(f"{gpu.name} lacks 16-bit storage buffers, which ggml's Vulkan "
+                         f"backend needs")
+            continue
+        usable.append(gpu)
+    if usable:
+        rank = {t: r for r, t in enumerate(VK_DEVICE_TYPES)}
+        best = min(rank.get(int(devices[g.index].get("type", 0)), 9) for g in usable)
+        f.gpus = [g for g in usable
+                  if rank.get(int(devices[g.index].get("type", 0)), 9) == best]
+    elif notes:
+        f.problem = notes[0]
+    elif visible is not None and devices:
+        f.problem = "GGML_VK_VISIBLE_DEVICES hides every Vulkan device"
+    else:
+        f.problem = "the Vulkan loader reports no devices (no Vulkan driver for this GPU?)"
     return f

@@ -12,13 +12,6 @@ from typing import List, NoReturn, Optional
 
 from .errors import UsageError
 
-GPU_CHOICES = {
-    "auto": "auto", "nvidia": "nvidia", "cuda": "nvidia", "cublas": "nvidia",
-    "amd": "amd", "rocm": "amd", "hip": "amd", "cpu": "cpu", "disable": "cpu",
-    "disabled": "cpu", "none": "cpu",
-}
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit code 2, no usage dump
         raise UsageError(f"{message} (see --help)")
@@ -34,12 +27,23 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _gpu_help() -> str:
+    """The --gpu choices, from the backend registry: "auto, nvidia (cuda, cublas), ..."."""
+    from .backends import BACKENDS, CPU_NAMES
+    names = []
+    for b in BACKENDS:
+        more = [n for n in dict.fromkeys((b.kind, *b.aliases)) if n != b.gpu]
+        names.append(f"{b.gpu} ({', '.join(more)})" if more else b.gpu)
+    return ", ".join(["auto", *names, f"{CPU_NAMES[0]} ({', '.join(CPU_NAMES[1:])})"])
+
+
 def _gpu(text: str) -> str:
+    from .backends import gpu_choices
     try:
-        return GPU_CHOICES[text.lower()]
+        return gpu_choices()[text.lower()]
     except KeyError:
         raise argparse.ArgumentTypeError(
-            f"unknown --gpu {text!r} (choose from auto, nvidia, amd, cpu, disable)") from None
+            f"unknown --gpu {text!r} (choose from {_gpu_help()})") from None
 
 
 def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
@@ -66,8 +70,7 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("-t", "--threads", type=_positive_int, default=None, metavar="N")
     g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None,
                    metavar="N", help="layers to offload to the GPU (default: all when one is used)")
-    g.add_argument("--gpu", type=_gpu, default="auto", metavar="WHICH",
-                   help="auto, nvidia (cuda), amd (rocm, hip), cpu (disable)")
+    g.add_argument("--gpu", type=_gpu, default="auto", metavar="WHICH", help=_gpu_help())
     g.add_argument("--no-mmap", action="store_true", help="read the weights instead of mapping them")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 

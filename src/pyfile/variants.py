@@ -1,0 +1,100 @@
+"""GPU variants a build packs: the ones named with ``--backend KIND=DIR`` and, by default,
+every one that ``scripts/build-variant.sh`` (run by ``make setup`` for Vulkan) published.
+
+Published variants live in ``$PYFILE_VARIANTS/KIND/`` (default
+``~/.cache/pyfile-dev/variants/KIND/``, the same folder the script writes): the backend's
+library and its ``variant.json`` (what it needs at run time and which engine it was built
+for). The kinds and their libraries come from the runtime's backend registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .runtime.backends import BACKENDS, LIB_OF
+from .runtime.errors import InputError, UsageError
+
+#: Where published variants are looked for (shared with scripts/build-variant.sh).
+VARIANTS_ENV = "PYFILE_VARIANTS"
+
+
+@dataclass
+class VariantDir:
+    """One variant to pack: its folder, the shared libraries in it and its variant.json."""
+
+    kind: str
+    folder: str
+    libs: List[str]
+    requires: Dict[str, Any] = field(default_factory=dict)
+
+
+def variants_dir(env: Optional[Dict[str, str]] = None) -> str:
+    """``$PYFILE_VARIANTS``, else ``${XDG_CACHE_HOME:-~/.cache}/pyfile-dev/variants``."""
+    env = os.environ if env is None else env
+    if env.get(VARIANTS_ENV):
+        return env[VARIANTS_ENV]
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pyfile-dev", "variants")
+
+
+def read_dir(kind: str, folder: str, what: str) -> VariantDir:
+    """Check and read one variant folder; ``what`` names it in errors."""
+    if not os.path.isdir(folder):
+        raise InputError(f"{what}: {folder} is not a folder")
+    libs = sorted(n for n in os.listdir(folder)
+                  if (n.endswith(".so") or ".so." in n) and os.path.isfile(os.path.join(folder, n)))
+    if LIB_OF[kind] not in libs:
+        raise InputError(f"{what}: {folder} has no {LIB_OF[kind]}")
+    requires: Any = {}
+    meta = os.path.join(folder, "variant.json")
+    if os.path.isfile(meta):
+        try:
+            with open(meta, encoding="utf-8") as f:
+                requires = json.load(f)
+        except ValueError as e:
+            raise InputError(f"{meta}: not valid JSON: {e}") from None
+    return VariantDir(kind, folder, libs, requires if isinstance(requires, dict) else {})
+
+
+def read_specs(specs: List[str]) -> Dict[str, VariantDir]:
+    """``--backend KIND=DIR`` options -> kind: variant."""
+    out: Dict[str, VariantDir] = {}
+    for spec in specs:
+        kind, sep, folder = spec.partition("=")
+        if not sep or kind not in LIB_OF:
+            raise UsageError(f"--backend {spec!r}: expected KIND=DIR with KIND one of "
+                             f"{', '.join(LIB_OF)}")
+        out[kind] = read_dir(kind, folder, f"--backend {spec}")
+    return out
+
+
+def published(engine: Optional[str], skip: List[str], notes: List[str],
+              env: Optional[Dict[str, str]] = None) -> Dict[str, VariantDir]:
+    """Variants published in :func:`variants_dir` (kinds in ``skip`` left out).
+
+    A variant built for another engine version than ``engine`` (when known) is left out:
+    ggml refuses a backend from another build. Each kind that ``make setup`` builds but
+    that is missing adds a one-line note to ``notes``.
+    """
+    root = variants_dir(env)
+    out: Dict[str, VariantDir] = {}
+    for b in BACKENDS:
+        if b.kind in skip:
+            continue
+        folder = os.path.join(root, b.kind)
+        if not os.path.isfile(os.path.join(folder, b.lib)):
+            if b.setup_builds:
+                notes.append(f"this file carries no {b.title} variant (none built in {root}; "
+                             f"`make setup` or scripts/build-variant.sh {b.kind} builds it)")
+            continue
+        v = read_dir(b.kind, folder, f"{VARIANTS_ENV} {b.kind}")
+        built_for = str(v.requires.get("engine", ""))
+        if engine and built_for and built_for != f"llama-cpp-python {engine}":
+            notes.append(f"left out the {b.title} variant in {folder}: built for {built_for}, "
+                         f"this engine is llama-cpp-python {engine}")
+            continue
+        out[b.kind] = v
+    return out
