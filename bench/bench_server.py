@@ -5,10 +5,13 @@ model, same machine, same run. Also the memory of pyfile's server at --parallel 
     python bench/bench_server.py MODEL.gguf [--tokens 64] [--parallel 4] [--threads 2]
                                  [--llama-server PATH] [--out bench/results/server.txt]
 
-Every request is a streaming chat completion with a different question, greedy, of
-``--tokens`` tokens; each client sends its requests back to back. Reported per server and
-client count: aggregate generated tokens/s, median and p90 time to first token, and the
-ratio to llama-server. llama-server is built by scripts/build-llama-server.sh (cached);
+Every request is a streaming chat completion with a question never asked before in the run
+(so llama-server's RAM prompt cache cannot answer it from a copy; every server still reuses
+the shared system-prompt prefix), greedy, of
+``--tokens`` tokens; each client sends its requests back to back. Each client count is run
+``--rounds`` times with the servers interleaved (the machine is shared and its load drifts).
+Reported per server and client count: median aggregate generated tokens/s, the median and
+range of its per-round ratio to llama-server, and time to first token (p50, p90). llama-server is built by scripts/build-llama-server.sh (cached);
 llama-cpp-python's server needs `pip install sse-starlette starlette-context
 pydantic-settings` (skipped with a note when missing).
 """
@@ -79,7 +82,7 @@ def one(url: str, tokens: int, i: int):
     """One streaming chat completion: (time to first content token, content chunks)."""
     host, port = url.split("//")[1].split(":")
     body = json.dumps({"model": "m", "messages": [{
-        "role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]}."}],
+        "role": "user", "content": f"Question {i}: tell me about {TOPICS[i % len(TOPICS)]}."}],
         "max_tokens": tokens, "temperature": 0, "stream": True, "ignore_eos": True})
     conn = http.client.HTTPConnection(host, int(port), timeout=600)
     t0 = time.perf_counter()
@@ -97,17 +100,19 @@ def one(url: str, tokens: int, i: int):
     return (ttft if ttft is not None else time.perf_counter() - t0), chunks
 
 
+_counter = iter(range(10 ** 9))  # every request of the run asks a question never asked before
+
+
 def load(url: str, clients: int, per_client: int, tokens: int):
     """``clients`` threads, each sending ``per_client`` requests back to back."""
-    one(url, 4, 0)  # warm-up
-    counter = iter(range(10 ** 6))
+    one(url, 4, next(_counter))  # warm-up
     lock = threading.Lock()
 
     def client(_: int):
         out = []
         for _ in range(per_client):
             with lock:
-                i = next(counter)
+                i = next(_counter)
             out.append(one(url, tokens, i))
         return out
 
@@ -155,6 +160,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--per-client", type=int, default=2, help="requests per client")
     ap.add_argument("--clients", default="1,4,8,16")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llama-server", default=None, help="default: scripts/build-llama-server.sh")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
     ap.add_argument("--out", default=None, help="also write the table to this file")
@@ -215,16 +221,25 @@ def main() -> int:
                 f"llama-server -np {a.parallel} -c {a.ctx} --kv-unified; "
                 f"llama-cpp-python one request at a time")
             say(f"{'clients':>7} {'server':18} {'tok/s':>7} {'vs llama-server':>15} "
-                f"{'TTFT p50':>9} {'TTFT p90':>9}")
+                f"{'TTFT p50':>9} {'TTFT p90':>9}   (median of {a.rounds} interleaved rounds; "
+                f"ratio range in brackets)")
+            names = list(servers)
             for clients in [int(x) for x in a.clients.split(",")]:
-                rows = {}
-                for name, url in servers.items():
-                    rows[name] = load(url, clients, a.per_client, a.tokens)
-                ref = rows["llama-server"][0]
-                for name, (tps, ttfts) in rows.items():
+                runs = {name: [] for name in names}
+                for r in range(a.rounds):  # interleaved: the shared machine's load drifts
+                    order = names[r % len(names):] + names[:r % len(names)]
+                    for name in order:
+                        runs[name].append(load(servers[name], clients, a.per_client,
+                                               a.tokens))
+                ref = [tps for tps, _ in runs["llama-server"]]
+                for name in names:
+                    tps = [x for x, _ in runs[name]]
+                    ratios = sorted(x / y for x, y in zip(tps, ref))
+                    ttfts = sorted(t for _, ts in runs[name] for t in ts)
                     p90 = ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.9))]
-                    say(f"{clients:>7} {name:18} {tps:>7.1f} {tps / ref:>14.2f}x "
-                        f"{statistics.median(ttfts) * 1000:>7.0f}ms {p90 * 1000:>7.0f}ms")
+                    say(f"{clients:>7} {name:18} {statistics.median(tps):>7.1f} "
+                        f"{statistics.median(ratios):>6.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}] "
+                        f"{statistics.median(ttfts) * 1000:>6.0f}ms {p90 * 1000:>7.0f}ms")
         finally:
             for p in procs:
                 p.terminate()

@@ -114,6 +114,8 @@ class LoadedModel:
         p.n_seq_max = opts.parallel
         p.kv_unified = True
         p.embeddings = False
+        # llama-server's default (-fa auto): flash attention where the backend has it.
+        p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
         from llama_cpp._utils import suppress_stdout_stderr
         with suppress_stdout_stderr(disable=opts.verbose):
             self.ctx = L.llama_init_from_model(self.model, p)
