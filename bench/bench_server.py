@@ -215,8 +215,8 @@ def main() -> int:
                 except ImportError:
                     say("llama-cpp-python's server skipped: pip install sse-starlette "
                         "starlette-context pydantic-settings")
-            say(f"SmolLM2 {os.path.basename(a.model)}; CPU variant {variant}; {os.cpu_count()} "
-                f"cores; -t {a.threads}; {a.tokens} greedy tokens per request, "
+            say(f"{os.path.basename(a.model)}; CPU variant {variant}; {os.cpu_count()} "
+                f"cores, load average {os.getloadavg()[0]:.1f} at the start; -t {a.threads}; {a.tokens} greedy tokens per request, "
                 f"{a.per_client} requests per client; pyfile -np {a.parallel} -c {a.ctx}; "
                 f"llama-server -np {a.parallel} -c {a.ctx} --kv-unified; "
                 f"llama-cpp-python one request at a time")
@@ -244,6 +244,7 @@ def main() -> int:
             for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
+        say(f"load average {os.getloadavg()[0]:.1f} at the end (other work shares this machine)")
         # Memory: the weights are mapped once from the file (RssFile); each slot adds only
         # its share of the KV cache, in anonymous memory.
         mem = {}

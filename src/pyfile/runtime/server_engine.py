@@ -115,6 +115,8 @@ class Engine:
         self.n_ctx_slot = self.n_ctx  # unified KV: a request may use all of it
         self.n_batch = n_batch
         self.mem = L.llama_get_memory(ctx)
+        # Found once: scanning the vocabulary costs ~50k foreign calls (a stall per request).
+        self.eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
         self.slots = [Slot(i) for i in range(n_slots)]
         self.waiting: Deque[Request] = deque()
         self.metrics = Metrics()
@@ -205,7 +207,7 @@ class Engine:
     def _start(self, s: Slot, req: Request) -> None:
         s._reset_request_state()
         try:
-            s.chain = SamplerChain(self.L, self.vocab, self.n_vocab, req.params)
+            s.chain = SamplerChain(self.L, self.vocab, self.n_vocab, req.params, self.eog)
         except ValueError as e:
             req.sink({"type": "error", "status": 400, "code": "invalid_grammar",
                       "message": str(e)})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 
 @dataclass
@@ -39,7 +39,9 @@ class SamplingParams:
 class SamplerChain:
     """A ``llama_sampler`` chain for one request; ``close`` frees it (idempotent)."""
 
-    def __init__(self, L: Any, vocab: Any, n_vocab: int, p: SamplingParams) -> None:
+    def __init__(self, L: Any, vocab: Any, n_vocab: int, p: SamplingParams,
+                 eog: Sequence[int] = ()) -> None:
+        """``eog``: the vocabulary's end-of-generation tokens (banned by ``ignore_eos``)."""
         self.L = L
         params = L.llama_sampler_chain_default_params()
         params.no_perf = True
@@ -50,12 +52,11 @@ class SamplerChain:
             for i, (tok, bias) in enumerate(p.logit_bias.items()):
                 arr[i].token, arr[i].bias = tok, bias
             add(L.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), arr))
-        if p.ignore_eos:
-            eos = [t for t in range(n_vocab) if L.llama_vocab_is_eog(vocab, t)]
-            arr = (L.llama_logit_bias * len(eos))()
-            for i, tok in enumerate(eos):
+        if p.ignore_eos and eog:
+            arr = (L.llama_logit_bias * len(eog))()
+            for i, tok in enumerate(eog):
                 arr[i].token, arr[i].bias = tok, float("-inf")
-            add(L.llama_sampler_init_logit_bias(n_vocab, len(eos), arr))
+            add(L.llama_sampler_init_logit_bias(n_vocab, len(eog), arr))
         if (p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty):
             add(L.llama_sampler_init_penalties(n_vocab, p.repeat_last_n, p.repeat_penalty,
                                                p.frequency_penalty, p.presence_penalty))
