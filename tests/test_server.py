@@ -260,8 +260,9 @@ def test_double_click_serves(real_model, tmp_path):
         assert proc.wait(timeout=30) == 0
 
 
-def test_pyfile_changed_on_disk_while_serving(smol_pyfile, tmp_path):
-    """Rename-replace: keeps serving (note once). In-place overwrite: 503, server stays up."""
+def test_pyfile_replaced_by_rename_keeps_serving(smol_pyfile, tmp_path):
+    """A careful re-download renames a new copy over the file: we keep the old inode mapped,
+    keep serving and say so once."""
     live = tmp_path / "live.pyfile"
     shutil.copy2(smol_pyfile, live)
     s = Server(live, env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
@@ -270,37 +271,39 @@ def test_pyfile_changed_on_disk_while_serving(smol_pyfile, tmp_path):
         assert s.request("v1/completions", body)[0] == 200
         fresh = tmp_path / "fresh.pyfile"
         shutil.copy2(smol_pyfile, fresh)
-        os.replace(fresh, live)  # how a careful re-download replaces a file
-        status, out = s.request("v1/completions", body)
-        assert status == 200 and "Paris" in out["choices"][0]["text"]
-        with open(live, "r+b") as f:  # `cp new old`: same inode, bytes change under the map
-            f.seek(0, 2)
-            f.truncate(f.tell() - 100)
-            f.seek(1 << 20)
-            f.write(b"\0" * 4096)
-        status, out = s.request("v1/completions", body)
-        assert status == 200  # the replaced (old) inode is still what we map: unaffected
-        assert s.request("health")[0] == 200
+        os.replace(fresh, live)
+        for _ in range(2):
+            status, out = s.request("v1/completions", body)
+            assert status == 200 and "Paris" in out["choices"][0]["text"]
     finally:
         assert s.stop() == 0
-    assert "was replaced on disk" in "".join(s.lines)
+    assert "".join(s.lines).count("was replaced on disk") == 1
 
 
-def test_in_place_overwrite_is_refused(smol_pyfile, tmp_path):
+def test_pyfile_overwritten_in_place_is_refused(smol_pyfile, tmp_path):
+    """`cp new old` writes into the inode we map: the next generation is refused with a 503
+    (model_file_changed) and the server stays up, as the README says."""
     live = tmp_path / "live.pyfile"
     shutil.copy2(smol_pyfile, live)
+    newer = tmp_path / "newer.pyfile"
+    shutil.copy2(smol_pyfile, newer)
+    from pyfile.runtime.archive import Archive
+    with Archive.open(str(newer)) as arch:
+        off = arch.member(arch.default_model).offset
+    with open(newer, "r+b") as f:  # a different model version: other bytes in its header
+        f.seek(off + 16)
+        f.write(b"\xff" * 64)
     s = Server(live, env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
     try:
         body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
         assert s.request("v1/completions", body)[0] == 200
-        with open(live, "r+b") as f:
-            from pyfile.runtime.archive import Archive
-            with Archive.open(str(live)) as arch:
-                off = arch.member(arch.default_model).offset
-            f.seek(off + 16)
-            f.write(b"\xff" * 64)  # the weights' header changes in place
-        status, out = s.request("v1/completions", body)
-        assert status == 503 and out["error"]["code"] == "model_file_changed"
+        ino = os.stat(live).st_ino
+        shutil.copyfile(newer, live)  # what `cp newer live` does: truncate and rewrite in place
+        assert os.stat(live).st_ino == ino
+        for path, req in (("v1/completions", body), ("completion", {"prompt": "Hi"}),
+                          ("v1/embeddings", {"input": "Hi"})):
+            status, out = s.request(path, req)
+            assert status == 503 and out["error"]["code"] == "model_file_changed", path
         assert s.request("health")[0] == 200  # the server stays up
     finally:
         assert s.stop() == 0

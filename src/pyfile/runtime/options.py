@@ -104,8 +104,22 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--port", type=_positive_int, default=None, help="8080 (server), 50052 (worker)")
     g.add_argument("--nobrowser", action="store_true")
     g.add_argument("--api-key", default=None)
-    g.add_argument("--parallel", "-np", type=_positive_int, default=1, metavar="N",
-                   help="requests served at once (one context each); more wait in line")
+    g.add_argument("--parallel", "-np", type=_positive_int, default=4, metavar="N",
+                   help="slots: requests decoded together in one batch (default 4); more "
+                        "wait in line; -c is shared by all slots")
+    g.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, metavar="N",
+                   help="physical batch size; also the longest embedding input")
+    g.add_argument("-a", "--alias", default=None, metavar="NAME", help="the model's name in the API")
+    g.add_argument("--metrics", action="store_true", help="expose /metrics (Prometheus)")
+    g.add_argument("--slots", dest="no_slots", action="store_false", default=False,
+                   help="expose /slots (the default)")
+    g.add_argument("--no-slots", dest="no_slots", action="store_true", help="hide /slots")
+    g.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"], default=None,
+                   help="embedding pooling (default: the model's own, mean for chat models)")
+    g.add_argument("--embeddings", "--embedding", action="store_true",
+                   help=argparse.SUPPRESS)  # llama-server's; embeddings are always on here
+    g.add_argument("--reranking", "--rerank", action="store_true",
+                   help="serve /reranking (same as --pooling rank)")
     g.add_argument("--cors", action="store_true", help="allow cross-origin browser requests")
     g.add_argument("--max-body", type=_positive_int, default=8 << 20, metavar="BYTES",
                    help=argparse.SUPPRESS)
@@ -131,6 +145,8 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
                              f"got {ns.tensor_split!r}") from None
     if ns.parallel < 1:
         raise UsageError("--parallel must be at least 1")
+    if ns.reranking:
+        ns.pooling = "rank"
     if ns.temp < 0:
         raise UsageError(f"--temp must be >= 0, got {ns.temp}")
     return ns

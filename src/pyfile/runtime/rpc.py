@@ -257,11 +257,11 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
             sys.stderr.flush()
 
     def error_response() -> bytes:
-        body = _json.dumps({"error": {
-            "message": f"RPC worker {', '.join(state['lost']) or '(unknown)'} stopped "
-                       f"answering; this request was aborted and the server is restarting "
-                       f"without it", "type": "server_error", "param": None,
-            "code": "rpc_worker_lost"}}).encode()
+        from .server_errors import error_body
+        body = _json.dumps(error_body(
+            503, f"RPC worker {', '.join(state['lost']) or '(unknown)'} stopped answering; "
+                 f"this request was aborted and the server is restarting without it",
+            "server_error", "rpc_worker_lost")).encode()
         return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
                 + b"\r\n\r\n" + body)

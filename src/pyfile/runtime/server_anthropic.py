@@ -1,0 +1,187 @@
+"""Anthropic's Messages API: ``/v1/messages`` (plain and streaming) and
+``/v1/messages/count_tokens``, so Anthropic's own clients work against the local model.
+
+Messages are turned into the chat messages the model's template knows (text blocks joined,
+``tool_use`` into ``tool_calls``, ``tool_result`` into ``tool`` messages). A forced tool
+(``tool_choice`` ``tool``, or ``any`` with one tool) constrains the output to its
+``input_schema`` and answers a ``tool_use`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+
+from fastapi import APIRouter
+
+from .server_chat import schema_grammar, tool_grammar
+from .server_errors import APIError
+from .server_http import sse, sse_data
+from .server_schemas import AnthropicCountRequest, AnthropicRequest
+from .server_state import ServerState
+
+_STOP = {"length": "max_tokens"}
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(str(block.get("text", "")))
+        elif kind == "tool_result":
+            parts.append(_text(block.get("content", ""), where))
+        else:
+            raise APIError(400, f"{where}: content blocks of type {kind!r} are not supported "
+                                f"by this model", param=where)
+    return "".join(parts)
+
+
+def chat_messages(req: Any) -> List[Dict[str, Any]]:
+    """Anthropic messages (and system) -> the OpenAI-style messages of the chat template."""
+    out: List[Dict[str, Any]] = []
+    if req.system:
+        out.append({"role": "system", "content": _text(req.system, "system")})
+    for i, m in enumerate(req.messages):
+        role = m.get("role")
+        if role not in ("user", "assistant"):
+            raise APIError(400, f"messages.{i}.role must be 'user' or 'assistant'",
+                           param=f"messages.{i}.role")
+        content = m.get("content", "")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        text: List[str] = []
+        calls: List[Dict[str, Any]] = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "tool_use":
+                calls.append({"id": block.get("id", ""), "type": "function", "function": {
+                    "name": block.get("name", ""),
+                    "arguments": json.dumps(block.get("input", {}))}})
+            elif kind == "tool_result":
+                out.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
+                            "content": _text(block.get("content", ""), f"messages.{i}")})
+            else:
+                text.append(_text([block], f"messages.{i}.content"))
+        if text or calls or not content:
+            msg: Dict[str, Any] = {"role": role, "content": "".join(text)}
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+    return out
+
+
+def _tools(req: Any) -> Tuple[Optional[List[Dict[str, Any]]], Optional[Dict[str, Any]]]:
+    """(OpenAI-style tools for the template, the forced tool's function or None)."""
+    if not req.tools:
+        return None, None
+    tools = [{"type": "function", "function": {"name": t.get("name"),
+                                               "description": t.get("description", ""),
+                                               "parameters": t.get("input_schema") or {}}}
+             for t in req.tools]
+    choice = req.tool_choice or {"type": "auto"}
+    kind = choice.get("type")
+    if kind == "none":
+        return None, None
+    if kind == "tool":
+        for t in tools:
+            if t["function"]["name"] == choice.get("name"):
+                return tools, t["function"]
+        raise APIError(400, f"tool_choice names {choice.get('name')!r}, which is not in tools",
+                       param="tool_choice")
+    if kind == "any" and len(tools) == 1:
+        return tools, tools[0]["function"]
+    return tools, None
+
+
+def _prompt(state: ServerState, req: Any) -> Tuple[List[int], List[str], Optional[Dict]]:
+    tools, forced = _tools(req)
+    text, stop, add_bos = state.template.render(chat_messages(req), tools)
+    return state.tokenize(text, add_special=add_bos), stop, forced
+
+
+def router(state: ServerState) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/v1/messages/count_tokens")
+    async def count_tokens(req: AnthropicCountRequest) -> Dict[str, Any]:
+        tokens, _, _ = _prompt(state, req)
+        return {"input_tokens": len(tokens)}
+
+    @r.post("/v1/messages")
+    async def messages(req: AnthropicRequest) -> Any:
+        tokens, stop, forced = _prompt(state, req)
+        state.check_prompt(tokens)
+
+        fields = SimpleNamespace(temperature=req.temperature, top_p=req.top_p,
+                                 top_k=req.top_k, min_p=0.0, stop=req.stop_sequences)
+        fmt = (req.output_config or {}).get("format") or {}
+        grammar = tool_grammar(forced) if forced else (
+            schema_grammar(fmt["schema"]) if fmt.get("type") == "json_schema"
+            and isinstance(fmt.get("schema"), dict) else None)
+        params = state.params(fields, req.max_tokens, grammar, stop)
+        gen = state.start(tokens, params)
+        mid, name = f"msg_{uuid.uuid4().hex[:24]}", req.model or state.model_id
+        tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
+
+        def stop_of(done: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+            word = done.get("stop_word")
+            if word and word in (req.stop_sequences or []):
+                return "stop_sequence", word
+            if forced and done["finish_reason"] == "stop":
+                return "tool_use", None
+            return _STOP.get(done["finish_reason"], "end_turn"), None
+
+        if not req.stream:
+            done = await gen.collect()
+            reason, seq = stop_of(done)
+            if forced:
+                try:
+                    args = json.loads(done["text"])
+                except ValueError:
+                    args = {}
+                    reason = "max_tokens" if done["finish_reason"] == "length" else reason
+                content = [{"type": "tool_use", "id": tool_id, "name": forced["name"],
+                            "input": args}]
+            else:
+                content = [{"type": "text", "text": done["text"]}]
+            return {"id": mid, "type": "message", "role": "assistant", "model": name,
+                    "content": content, "stop_reason": reason, "stop_sequence": seq,
+                    "usage": {"input_tokens": done["n_prompt"],
+                              "output_tokens": done["n_decoded"],
+                              "cache_read_input_tokens": done["n_cached"]}}
+
+        def event(kind: str, data: Dict[str, Any]) -> bytes:
+            return f"event: {kind}\n".encode() + sse_data(dict(data, type=kind))
+
+        async def events() -> AsyncIterator[bytes]:
+            yield event("message_start", {"message": {
+                "id": mid, "type": "message", "role": "assistant", "model": name,
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": len(tokens), "output_tokens": 0}}})
+            block = ({"type": "tool_use", "id": tool_id, "name": forced["name"], "input": {}}
+                     if forced else {"type": "text", "text": ""})
+            yield event("content_block_start", {"index": 0, "content_block": block})
+            yield event("ping", {})
+            async for ev in gen.events():
+                if ev["text"]:
+                    delta = ({"type": "input_json_delta", "partial_json": ev["text"]} if forced
+                             else {"type": "text_delta", "text": ev["text"]})
+                    yield event("content_block_delta", {"index": 0, "delta": delta})
+                if ev["type"] == "done":
+                    reason, seq = stop_of(ev)
+                    yield event("content_block_stop", {"index": 0})
+                    yield event("message_delta", {
+                        "delta": {"stop_reason": reason, "stop_sequence": seq},
+                        "usage": {"output_tokens": ev["n_decoded"]}})
+                    yield event("message_stop", {})
+
+        await gen.first()
+        return sse(events(), gen.cancel, flavor="anthropic")
+
+    return r

@@ -1,0 +1,424 @@
+"""The batching engine: one model, one context, N slots, one scheduler thread.
+
+How it works (the same design as llama.cpp's ``tools/server/server-context.cpp``):
+
+- One ``llama_context`` over the one loaded model, with ``n_seq_max`` = slots and a unified KV
+  cache: ``-c`` tokens are shared by all slots, and any one request may use up to all of them.
+- A request (:class:`Request`: prompt tokens + :class:`SamplingParams`) is queued; the
+  scheduler gives it the idle slot whose cached tokens share the longest prefix with its
+  prompt (``llama_memory_seq_rm`` drops the rest), or waits until a slot frees up.
+- Each step builds ONE ``llama_batch``: the next token of every generating slot, then chunks
+  of the prompts being ingested (up to ``n_batch`` tokens in all), each tagged with its
+  slot's sequence id; one ``llama_decode``; then every slot with an output samples from its
+  own row with its own sampler chain.
+- Results go to each request's ``sink`` callback from the scheduler thread (never blocking).
+  A cancelled request leaves the batch at the next step.
+- When the KV cache is full, the cached prompts of idle slots are dropped first; if that is
+  not enough, the request holding the most tokens ends with an error so the others go on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from .server_sampling import SamplerChain, SamplingParams, top_logprobs
+
+Sink = Callable[[Dict[str, Any]], None]
+_ids = itertools.count(1)
+
+
+class Request:
+    """One generation: ``prompt`` token ids, sampling parameters, and where results go.
+
+    ``sink`` receives dicts from the scheduler thread:
+    ``{"type": "token", "text", "token", "logprobs"}`` for each token (``text`` may be empty
+    while a stop string or a UTF-8 character is incomplete), then exactly one
+    ``{"type": "done", "finish_reason", "text", "timings", ...}`` or
+    ``{"type": "error", "message", "status", "code"}``.
+    """
+
+    def __init__(self, prompt: List[int], params: SamplingParams, sink: Sink) -> None:
+        self.id = next(_ids)
+        self.prompt = prompt
+        self.params = params
+        self.sink = sink
+        self.cancelled = False
+        self.t_queued = time.perf_counter()
+
+
+class Slot:
+    """A sequence id of the shared context and what it holds."""
+
+    def __init__(self, seq: int) -> None:
+        self.id = seq
+        self.cache: List[int] = []          # tokens whose KV is stored under this seq id
+        self.req: Optional[Request] = None
+        self.chain: Optional[SamplerChain] = None
+        self.pending: List[int] = []        # prompt tokens still to ingest
+        self.next_token: Optional[int] = None  # sampled, to be fed at the next step
+        self.i_out = -1                     # this step's output row in the batch, -1: none
+        self.last_used = 0.0
+        self._reset_request_state()
+
+    def _reset_request_state(self) -> None:
+        self.n_decoded = 0
+        self.n_prompt = 0
+        self.n_cached = 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+        self.sent = 0
+        self.stop_word = ""
+        self.t_start = self.t_prompt_done = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.req is not None
+
+
+def _common_prefix(a: List[int], b: List[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Metrics:
+    """Counters for ``/metrics`` (names as llama-server's, prefix ``llamacpp:``)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens_total = 0
+        self.prompt_seconds_total = 0.0
+        self.tokens_predicted_total = 0
+        self.tokens_predicted_seconds_total = 0.0
+        self.n_decode_total = 0
+        self.n_busy_slots_total = 0
+        self.n_tokens_max = 0
+        self.requests_total = 0
+
+
+class Engine:
+    """The scheduler over one ``llama_context``; thread-safe ``submit`` and ``cancel``."""
+
+    def __init__(self, L: Any, model: Any, ctx: Any, n_slots: int, n_batch: int,
+                 verbose: bool = False) -> None:
+        self.L, self.model, self.ctx = L, model, ctx
+        self.vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx = L.llama_n_ctx(ctx)
+        self.n_ctx_slot = self.n_ctx  # unified KV: a request may use all of it
+        self.n_batch = n_batch
+        self.mem = L.llama_get_memory(ctx)
+        # Found once: scanning the vocabulary costs ~50k foreign calls (a stall per request).
+        self.eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.waiting: Deque[Request] = deque()
+        self.metrics = Metrics()
+        self.verbose = verbose
+        self._cond = threading.Condition()
+        self._running = False
+        self._thread: Optional[threading.Thread] = None
+        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+
+    # -- the public side (any thread) ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, req: Request) -> None:
+        with self._cond:
+            self.waiting.append(req)
+            self.metrics.requests_total += 1
+            self._cond.notify_all()
+
+    def cancel(self, req: Request) -> None:
+        """Stop ``req``: it leaves the batch at the next step (no further sink calls)."""
+        with self._cond:
+            req.cancelled = True
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for s in self.slots if s.busy)
+
+    @property
+    def deferred(self) -> int:
+        return len(self.waiting)
+
+    def slots_info(self) -> List[Dict[str, Any]]:
+        out = []
+        for s in self.slots:
+            r = s.req
+            out.append({"id": s.id, "id_task": r.id if r else -1, "n_ctx": self.n_ctx_slot,
+                        "is_processing": r is not None,
+                        "n_cached_tokens": len(s.cache),
+                        "n_prompt_tokens": s.n_prompt if r else 0,
+                        "n_decoded": s.n_decoded if r else 0,
+                        "params": params_info(r.params) if r else None})
+        return out
+
+    # -- the scheduler thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self.waiting and not any(s.busy for s in self.slots):
+                    self._cond.wait()
+                if not self._running:
+                    break
+                self._drop_cancelled()
+                self._assign()
+            try:
+                self._step()
+            except Exception as e:  # an engine fault: fail what is in flight, keep serving
+                self._fail_all(f"generation failed: {e}")
+
+    def _drop_cancelled(self) -> None:
+        self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        for s in self.slots:
+            if s.req is not None and s.req.cancelled:
+                self._release(s)
+
+    def _assign(self) -> None:
+        while self.waiting:
+            idle = [s for s in self.slots if not s.busy]
+            if not idle:
+                return
+            req = self.waiting.popleft()
+            best = max(idle, key=lambda s: (_common_prefix(s.cache, req.prompt), -s.last_used))
+            self._start(best, req)
+
+    def _start(self, s: Slot, req: Request) -> None:
+        s._reset_request_state()
+        try:
+            s.chain = SamplerChain(self.L, self.vocab, self.n_vocab, req.params, self.eog)
+        except ValueError as e:
+            req.sink({"type": "error", "status": 400, "code": "invalid_grammar",
+                      "message": str(e)})
+            return
+        keep = min(_common_prefix(s.cache, req.prompt), len(req.prompt) - 1)
+        if keep < len(s.cache):
+            if not self.L.llama_memory_seq_rm(self.mem, s.id, keep, -1):
+                self.L.llama_memory_seq_rm(self.mem, s.id, -1, -1)
+                keep = 0
+            s.cache = s.cache[:keep]
+        s.req = req
+        s.pending = list(req.prompt[keep:])
+        s.n_prompt = len(req.prompt)
+        s.n_cached = keep
+        s.next_token = None
+        s.t_start = time.perf_counter()
+
+    def _release(self, s: Slot) -> None:
+        if s.chain is not None:
+            s.chain.close()
+            s.chain = None
+        s.req = None
+        s.pending = []
+        s.next_token = None
+        s.i_out = -1
+        s.last_used = time.perf_counter()
+
+    def _fail(self, s: Slot, message: str, status: int = 500, code: str = "server_error") -> None:
+        req = s.req
+        self._release(s)
+        if req is not None and not req.cancelled:
+            req.sink({"type": "error", "status": status, "code": code, "message": message})
+
+    def _fail_all(self, message: str) -> None:
+        for s in self.slots:
+            if s.busy:
+                self._fail(s, message)
+            s.cache = []
+        self.L.llama_memory_clear(self.mem, True)
+
+    def _step(self) -> None:
+        L, b = self.L, self._batch
+        n = 0
+        fed: List[tuple] = []  # (slot, tokens added to its cache by this batch)
+        active = [s for s in self.slots if s.busy]
+        for s in active:
+            s.i_out = -1
+            if s.next_token is not None:
+                self._put(n, s.next_token, len(s.cache), s.id, True)
+                s.i_out = n
+                n += 1
+                fed.append((s, [s.next_token]))
+        for s in active:
+            if not s.pending or n >= self.n_batch:
+                continue
+            take = s.pending[:self.n_batch - n]
+            pos = len(s.cache)
+            last = len(take) == len(s.pending)
+            for j, tok in enumerate(take):
+                self._put(n, tok, pos + j, s.id, last and j == len(take) - 1)
+                n += 1
+            if last:
+                s.i_out = n - 1
+            fed.append((s, take))
+        if n == 0:
+            return
+        b.n_tokens = n
+        t0 = time.perf_counter()
+        ret = L.llama_decode(self.ctx, b)
+        while ret == 1:  # no room in the KV cache
+            if not self._make_room(active):
+                return
+            ret = L.llama_decode(self.ctx, b)
+        if ret != 0:
+            raise RuntimeError(f"llama_decode returned {ret}")
+        dt = time.perf_counter() - t0
+        m = self.metrics
+        m.n_decode_total += 1
+        m.n_busy_slots_total += len(active)
+        m.n_tokens_max = max(m.n_tokens_max, n)
+        n_prompt_tok = sum(len(t) for s, t in fed if s.next_token is None)
+        n_gen_tok = n - n_prompt_tok
+        if n_prompt_tok:
+            m.prompt_tokens_total += n_prompt_tok
+            m.prompt_seconds_total += dt * n_prompt_tok / n
+        if n_gen_tok:
+            m.tokens_predicted_seconds_total += dt * n_gen_tok / n
+        for s, toks in fed:
+            s.cache.extend(toks)
+            if s.next_token is None:
+                del s.pending[:len(toks)]
+        now = time.perf_counter()
+        for s in active:
+            if s.i_out < 0 or s.req is None:
+                continue
+            if s.next_token is None:
+                s.t_prompt_done = now
+            self._sample(s, now)
+
+    def _put(self, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = tok
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = 1 if logits else 0
+
+    def _make_room(self, active: List[Slot]) -> bool:
+        """Free KV space after a full-cache decode; False when the step must be redone."""
+        idle = [s for s in self.slots if not s.busy and s.cache]
+        if idle:
+            for s in idle:
+                self.L.llama_memory_seq_rm(self.mem, s.id, -1, -1)
+                s.cache = []
+            return True
+        victim = max(active, key=lambda s: len(s.cache))
+        self.L.llama_memory_seq_rm(self.mem, victim.id, -1, -1)
+        victim.cache = []
+        self._fail(victim, f"the context is full ({self.n_ctx} tokens shared by "
+                           f"{len(self.slots)} slots); raise -c/--ctx-size",
+                   400, "context_length_exceeded")
+        return False
+
+    def _sample(self, s: Slot, now: float) -> None:
+        L, req = self.L, s.req
+        assert req is not None and s.chain is not None
+        tok = s.chain.sample(self.ctx, s.i_out)
+        p = req.params
+        logprobs = None
+        if p.n_probs > 0:
+            import numpy as np
+            ptr = L.llama_get_logits_ith(self.ctx, s.i_out)
+            row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            logprobs = top_logprobs(row, tok, p.n_probs)
+        s.n_decoded += 1
+        self.metrics.tokens_predicted_total += 1
+        if L.llama_vocab_is_eog(self.vocab, tok) and not p.ignore_eos:
+            return self._finish(s, "stop", now)
+        piece = self._token_piece(tok)
+        s.text += s.decoder.decode(piece)
+        emit_to = len(s.text)
+        finish = None
+        if p.stop:
+            start = max(0, s.sent - max(len(x) for x in p.stop))
+            hits = [(i, x) for i, x in ((s.text.find(x, start), x) for x in p.stop) if i >= 0]
+            if hits:
+                emit_to, s.stop_word = min(hits)
+                s.text = s.text[:emit_to]
+                finish = "stop"
+            else:
+                emit_to = len(s.text) - _partial_stop(s.text, p.stop)
+        out = s.text[s.sent:emit_to] if emit_to > s.sent else ""
+        s.sent = max(s.sent, emit_to)
+        if not finish:
+            req.sink({"type": "token", "text": out, "token": tok, "logprobs": logprobs})
+            if (p.max_tokens >= 0 and s.n_decoded >= p.max_tokens) or \
+                    len(s.cache) + 1 >= self.n_ctx_slot:
+                finish = "length"
+            else:
+                s.next_token = tok
+                return
+        elif out:
+            req.sink({"type": "token", "text": out, "token": tok, "logprobs": logprobs})
+        self._finish(s, finish, now)
+
+    def _token_piece(self, tok: int) -> bytes:
+        n = self.L.llama_token_to_piece(self.vocab, tok, self._piece, len(self._piece), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.L.llama_token_to_piece(self.vocab, tok, buf, -n, 0, False)
+            return buf.raw[:n]
+        return self._piece.raw[:n]
+
+    def _finish(self, s: Slot, reason: str, now: float) -> None:
+        req = s.req
+        assert req is not None
+        if not s.stop_word:
+            s.text += s.decoder.decode(b"", final=True)
+        rest = s.text[s.sent:]  # held back as a possible stop string, or cut at one
+        prompt_ms = (s.t_prompt_done - s.t_start) * 1000
+        gen_ms = (now - s.t_prompt_done) * 1000
+        n_prompt = s.n_prompt - s.n_cached
+        timings = {
+            "cache_n": s.n_cached, "prompt_n": n_prompt, "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
+            "prompt_per_second": n_prompt * 1000 / prompt_ms if prompt_ms > 0 else 0.0,
+            "predicted_n": s.n_decoded, "predicted_ms": gen_ms,
+            "predicted_per_token_ms": gen_ms / s.n_decoded if s.n_decoded else 0.0,
+            "predicted_per_second": s.n_decoded * 1000 / gen_ms if gen_ms > 0 else 0.0,
+        }
+        done = {"type": "done", "finish_reason": reason, "text": rest,
+                "n_prompt": s.n_prompt, "n_cached": s.n_cached, "n_decoded": s.n_decoded,
+                "timings": timings, "slot": s.id, "stop_word": s.stop_word}
+        self._release(s)
+        req.sink(done)
+
+
+def _partial_stop(text: str, stops: List[str]) -> int:
+    """How many trailing characters of ``text`` could be the start of a stop string."""
+    best = 0
+    for x in stops:
+        for k in range(min(len(x) - 1, len(text)), best, -1):
+            if text.endswith(x[:k]):
+                best = k
+                break
+    return best
+
+
+def params_info(p: SamplingParams) -> Dict[str, Any]:
+    return {"n_predict": p.max_tokens, "temperature": p.temperature, "top_k": p.top_k,
+            "top_p": p.top_p, "min_p": p.min_p, "repeat_penalty": p.repeat_penalty,
+            "presence_penalty": p.presence_penalty,
+            "frequency_penalty": p.frequency_penalty, "seed": p.seed, "stop": p.stop,
+            "n_probs": p.n_probs, "grammar": p.grammar or ""}
