@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from .. import __version__
 from .engine import ModelSource
