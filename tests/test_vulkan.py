@@ -25,7 +25,7 @@ QUESTION = ["-p", "The capital of France is", "--temp", "0"]
 
 def carried_variants(path) -> dict:
     with Archive.open(str(path)) as arch:
-        return dict(arch.manifest.get("variants") or {})
+        return dict(arch.manifest.variants)
 
 
 def one_line(stderr: str) -> str:
