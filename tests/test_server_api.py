@@ -203,6 +203,10 @@ def test_native_routes(srv):
     assert out["tokens_predicted"] == 6 and out["stop_type"] == "limit"
     assert out["timings"]["predicted_n"] == 6 and out["timings"]["prompt_n"] >= 1
     assert len(out["completion_probabilities"]) == 6
+    assert out["completion_probabilities"][0]["token"] == " Paris"
+    _, banned = srv.request("completion", {"prompt": "The capital of France is", "n_predict": 6,
+                                           "temperature": 0, "logit_bias": [[" Paris", False]]})
+    assert out["tokens"][0] not in banned["tokens"]  # " Paris" can no longer be sampled
     # the same prompt again reuses the slot's cached prefix
     _, again = srv.request("completion", {"prompt": "The capital of France is",
                                           "n_predict": 6, "temperature": 0})
@@ -234,6 +238,9 @@ def test_native_routes(srv):
     assert status == 200 and [s["id"] for s in slots] == [0, 1, 2, 3]
     status, body = srv.request("reranking", {"query": "a", "documents": ["b"]})
     assert status == 501 and "cannot rank" in body["error"]["message"]
+    # SmolLM2's GGUF names no fill-in-the-middle tokens: /infill says so (llama-server: 501 too)
+    status, body = srv.request("infill", {"input_prefix": "def f(", "input_suffix": ")"})
+    assert status == 501 and "fill-in-the-middle" in body["error"]["message"]
 
 
 def test_api_key_guards_every_route(smol_pyfile, tmp_path):

@@ -111,8 +111,10 @@ class LoadedModel:
         self.base_params = type(p).from_buffer_copy(p)
         n_train = L.llama_model_n_ctx_train(self.model)
         p.n_ctx = opts.ctx_size or n_train
-        p.n_batch = opts.batch_size
-        p.n_ubatch = min(opts.ubatch_size, opts.batch_size)
+        # Every step carries one token of each generating slot: the batch holds at least that.
+        n_batch = max(opts.batch_size, opts.parallel)
+        p.n_batch = n_batch
+        p.n_ubatch = max(1, min(opts.ubatch_size, n_batch))
         p.n_seq_max = opts.parallel
         p.kv_unified = True
         p.embeddings = False
@@ -126,7 +128,7 @@ class LoadedModel:
                               f"{p.n_ctx} tokens for {opts.parallel} slots; lower -c or "
                               f"-np (run with -v for llama.cpp's log)")
         self.llm._ctx.close()
-        self.engine = Engine(L, self.model, self.ctx, opts.parallel, opts.batch_size,
+        self.engine = Engine(L, self.model, self.ctx, opts.parallel, n_batch,
                              verbose=opts.verbose)
         self._embedder: Any = None
         self._embed_lock = threading.Lock()

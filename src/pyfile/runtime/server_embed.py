@@ -39,7 +39,7 @@ class Embedder:
                  pooling: Optional[str]) -> None:
         self.L, self.model = L, model
         self.lock = threading.Lock()
-        self.n_ubatch = n_ubatch
+        self.n_ubatch = n_ubatch = max(n_ubatch, 8)
         self.n_embd = L.llama_model_n_embd(model)
         self.vocab = L.llama_model_get_vocab(model)
         p = type(base_params).from_buffer_copy(base_params)

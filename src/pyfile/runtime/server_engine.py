@@ -113,7 +113,7 @@ class Engine:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = L.llama_n_ctx(ctx)
         self.n_ctx_slot = self.n_ctx  # unified KV: a request may use all of it
-        self.n_batch = n_batch
+        self.n_batch = min(n_batch, L.llama_n_batch(ctx))  # llama.cpp caps it at n_ctx
         self.mem = L.llama_get_memory(ctx)
         # Found once: scanning the vocabulary costs ~50k foreign calls (a stall per request).
         self.eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
