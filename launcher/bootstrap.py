@@ -48,9 +48,30 @@ def _pyfile_boot():
 
         def exec_module(self, module):
             member, _ = self._locate(module.__name__)
-            code = compile(zf.read(member), path_in_archive(member), "exec", dont_inherit=True)
-            module.__file__ = path_in_archive(member)
+            origin = path_in_archive(member)
+            source = zf.read(member)
+            code = self._bytecode(member, source, origin)
+            if code is None:
+                code = compile(source, origin, "exec", dont_inherit=True)
+            module.__file__ = origin
             exec(code, module.__dict__)
+
+        def _bytecode(self, member, source, origin):
+            # Bytecode made at build time (pyfile/stub.py), used when this interpreter
+            # wrote it and it was made from this very source: no compiling at each start.
+            import importlib.util, marshal, _imp
+            tag = sys.implementation.cache_tag
+            head, _, tail = member.rpartition("/")
+            pyc = "%s/__pycache__/%s.%s.pyc" % (head, tail[:-3], tag)
+            if tag is None or pyc not in self.names:
+                return None
+            data = zf.read(pyc)
+            if (data[:4] != importlib.util.MAGIC_NUMBER
+                    or data[8:16] != importlib.util.source_hash(source)):
+                return None
+            code = marshal.loads(data[16:])
+            _imp._fix_co_filename(code, origin)
+            return code
 
         def get_data(self, filename):
             prefix = path + "/"
@@ -64,7 +85,7 @@ def _pyfile_boot():
     sys.meta_path.insert(0, ArchiveImporter())
     sys.argv = [path] + sys.argv[2:]
     from pyfile.runtime.main import main
-    sys.exit(main(path, sys.argv[1:], zf=zf))
+    sys.exit(main(path, sys.argv[1:]))
 
 
 _pyfile_boot()

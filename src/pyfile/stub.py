@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import marshal
 import os
 import re
+import sys
+from typing import List, Tuple
 
 from . import __version__
 
@@ -35,6 +39,40 @@ def bootstrap_source() -> str:
 def main_source() -> bytes:
     """``__main__.py`` for ``python3 model.pyfile`` (zipimport)."""
     return _read("__main__.py").encode("utf-8")
+
+
+def pyc_name(member: str, cache_tag: str) -> str:
+    """Where the bootstrap looks for ``member``'s bytecode: PEP 3147's ``__pycache__`` name."""
+    head, _, tail = member.rpartition("/")
+    return f"{head}/__pycache__/{tail[:-3]}.{cache_tag}.pyc"
+
+
+#: marshal format 2 has no back-references, whose choice depends on reference counts in the
+#: compiling process: with it the same source gives the same bytes in any process (builds
+#: stay reproducible). Loading it costs the same.
+MARSHAL_VERSION = 2
+
+
+def bytecode(files: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
+    """Bytecode of the runtime's modules for this interpreter, as (member, .pyc bytes).
+
+    The bootstrap uses a module's bytecode when the interpreter that runs the pyfile has the
+    same magic number and the source hash in the header matches the module's source (a
+    checked hash-based .pyc, PEP 552); otherwise it compiles the source as before. Saves
+    compiling ~5,000 lines at every start (30-60 ms here).
+    """
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return []
+    out = []
+    for member, source in files:
+        if not member.endswith(".py"):
+            continue
+        code = compile(source, member, "exec", dont_inherit=True)
+        header = (importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")
+                  + importlib.util.source_hash(source))
+        out.append((pyc_name(member, tag), header + marshal.dumps(code, MARSHAL_VERSION)))
+    return out
 
 
 def render(preferred_python: str = "") -> bytes:
