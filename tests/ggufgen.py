@@ -42,3 +42,21 @@ def header(n_tensors: int, n_kv: int, version: int = 3, magic: bytes = GGUF_MAGI
 def gguf_string(s: str) -> bytes:
     raw = s.encode()
     return struct.pack("<Q", len(raw)) + raw
+
+
+def write_sparse(path: str, size: int) -> str:
+    """A well-formed GGUF of about ``size`` bytes whose one big tensor is a hole (quick to
+    make at any size; reads as zeros)."""
+    import gguf
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("sparse")
+    n = max(32, size // 4 // 32 * 32)
+    w.add_tensor_info("big", [n], np.dtype(np.float32), n * 4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        data_start = -(-f.seek(0, 2) // 32) * 32  # GGUF's default alignment
+        f.truncate(data_start + n * 4)
+    return path

@@ -48,19 +48,19 @@ def test_layout_stub_then_aligned_stored_model(tmp_path, tiny_gguf):
     assert os.stat(out).st_mode & stat.S_IXUSR
     with Archive.open(str(out)) as arch:
         m = arch.member("tiny.gguf")
-        assert m.stored and m.offset % 4096 == 0
+        assert m.stored and m.offset % 65536 == 0
         assert data[m.offset:m.offset + m.size] == tiny_gguf.read_bytes()
         man = arch.manifest
         assert man["default_model"] == "tiny.gguf"
         entry = arch.manifest_entry("tiny.gguf")
-        assert entry["offset"] == m.offset and entry["align"] == 4096
+        assert entry["offset"] == m.offset and entry["align"] == 65536
         assert entry["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
         assert man["models"]["tiny.gguf"]["name"] == "tiny"
         names = set(arch.members)
         assert {".args", "__main__.py", "pyfile/runtime/main.py", ".pyfile/manifest.json"} <= names
 
 
-@pytest.mark.parametrize("align", [16384, 65536])
+@pytest.mark.parametrize("align", [4096, 16384])
 def test_align_option(tmp_path, tiny_gguf, align):
     out = tmp_path / "t.pyfile"
     r = pyfile_cli("build", str(tiny_gguf), "-o", str(out), "--align", str(align))
@@ -89,7 +89,7 @@ def test_inspect_text_and_json(tmp_path, tiny_gguf):
     r = pyfile_cli("inspect", str(out))
     assert r.returncode == 0, r.stderr
     assert "architecture    llama" in r.stdout and "baked args      --temp 0 ..." in r.stdout
-    assert "aligned 4096" in r.stdout
+    assert "aligned 65536" in r.stdout
     info = json.loads(pyfile_cli("inspect", str(out), "--json").stdout)
     assert info["models"]["tiny.gguf"]["context_length"] == 256
     assert info["args"] == "--temp 0 ..."
@@ -142,7 +142,7 @@ def test_extra_files_and_second_model(tmp_path, tiny_gguf):
     prompt.write_text("hello")
     out = build(tiny_gguf, tmp_path / "t.pyfile", second, prompt)
     with Archive.open(str(out)) as arch:
-        assert arch.member("second.gguf").offset % 4096 == 0
+        assert arch.member("second.gguf").offset % 65536 == 0
         assert arch.read("prompt.txt") == b"hello"
         assert set(arch.manifest["models"]) == {"tiny.gguf", "second.gguf"}
         assert arch.verify() == []
@@ -162,7 +162,7 @@ def test_zip64_for_a_model_over_4_gib(tmp_path):
     assert r.returncode == 0 and "WARNING" not in r.stdout
     with Archive.open(str(out)) as arch:
         m = arch.member("big.gguf")
-        assert m.size > 2 ** 32 and m.offset % 4096 == 0
+        assert m.size > 2 ** 32 and m.offset % 65536 == 0
         assert arch.manifest_entry("big.gguf")["size"] == m.size
     r = pyfile_cli("inspect", str(out), "--json")
     assert json.loads(r.stdout)["models"]["big.gguf"]["tensor_count"] == 4

@@ -61,8 +61,8 @@ def cli() -> None:
               help="Baked arguments (.args syntax; '...' marks where the user's go).")
 @click.option("--args-file", type=click.File("r"), default=None,
               help="Read the baked arguments from a file.")
-@click.option("--align", default=4096, show_default=True, type=int,
-              help="Align model data to this many bytes (16384/65536 for large pages).")
+@click.option("--align", default=None, type=int,
+              help="Align model data to this many bytes (default 65536: any page size).")
 @click.option("--backend", "backends", multiple=True, metavar="KIND=DIR",
               help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
 @click.option("--slim", is_flag=True,
@@ -73,7 +73,8 @@ def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], slim: bool,
           runtimes: List[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
-    from .builder import build as do_build
+    from .builder import DEFAULT_ALIGN, build as do_build
+    align = DEFAULT_ALIGN if align is None else align
     if args_file is not None:
         args_text = args_file.read()
     bar = _Bar("building")
@@ -139,11 +140,13 @@ def args(file: str, new_args: Optional[str]) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.argument("extra", nargs=-1, required=True, type=click.Path(dir_okay=True))
-@click.option("--align", default=4096, show_default=True, type=int,
-              help="Align the new members' data to this many bytes.")
-def add(file: str, extra: List[str], align: int) -> None:
+@click.option("--align", default=None, type=int,
+              help="Align the new members' data to this many bytes (default 65536).")
+def add(file: str, extra: List[str], align: Optional[int]) -> None:
     """Append EXTRA files (another model, an mmproj, a prompt) to FILE in place."""
+    from .builder import DEFAULT_ALIGN
     from .editor import add_files
+    align = DEFAULT_ALIGN if align is None else align
     bar = _Bar("adding")
     try:
         bar.start(sum(os.path.getsize(p) for p in extra if os.path.isfile(p)))
