@@ -138,3 +138,33 @@ def test_baked_args_expanded_before_mode_and_user_flags_win(tmp_path, tiny_gguf)
     assert r.returncode == 0 and "pyfile 0.1.0" in r.stdout  # baked mode flag honoured
     r = run_file(out, "--gpu", "tpu")
     assert r.returncode == 2  # user flags are parsed after the baked ones
+
+
+COUNT_COMPILES = """import atexit, builtins, sys
+_real, _n = builtins.compile, [0]
+def _counting(*a, **k):
+    _n[0] += 1
+    return _real(*a, **k)
+builtins.compile = _counting
+atexit.register(lambda: sys.stderr.write("compiles=%d\\n" % _n[0]))
+"""
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_bytecode_used_only_when_it_matches(tmp_path, tiny_gguf, monkeypatch, stale):
+    """The runtime's modules carry bytecode for the build's Python: the bootstrap compiles
+    nothing then. Bytecode whose source hash does not match its module (as for another
+    Python, whose magic number differs) is ignored and the source compiled."""
+    from pyfile import builder, stub
+    if stale:
+        made = stub.bytecode
+        monkeypatch.setattr(stub, "bytecode", lambda files: [
+            (name, pyc[:8] + bytes(8) + pyc[16:]) for name, pyc in made(files)])
+    out = tmp_path / "slim.pyfile"
+    builder.build(str(tiny_gguf), str(out), slim=True)
+    r = subprocess.run([sys.executable, "-c", COUNT_COMPILES + stub.bootstrap_source(),
+                        str(out), "--help"], capture_output=True, text=True, env=run_env())
+    assert r.returncode == 0, r.stderr
+    assert "--prompt" in r.stdout
+    compiles = int(r.stderr.rsplit("compiles=", 1)[1])
+    assert compiles >= 4 if stale else compiles == 0  # pyfile, runtime, main, options...
