@@ -13,6 +13,9 @@ def _pyfile_boot():
     path = sys.argv[1]
     try:
         zf = zipfile.ZipFile(path)
+        if "pyfile/runtime/main.py" not in zf.NameToInfo:
+            # A cut file whose last end record is the one inside the runtime bundle.
+            raise ValueError("no pyfile runtime in its zip directory")
     except Exception as e:
         sys.stderr.write("pyfile: %s: damaged or truncated pyfile (%s)\n" % (path, e))
         sys.exit(1)

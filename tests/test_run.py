@@ -4,7 +4,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -190,9 +189,39 @@ def test_broken_pipe_is_quiet(smol_pyfile, cache_env):
 
 
 def test_sigterm_exits(smol_pyfile, cache_env):
+    """SIGTERM mid-generation: exit status 143 (README: Running), the text so far flushed."""
     p = subprocess.Popen([str(smol_pyfile), "-p", "Once upon a time", "-n", "100000",
                           "--temp", "1"], env=cache_env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
-    time.sleep(3)
+    first = p.stdout.read(20)  # generation is under way
+    assert len(first) == 20
     p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=30) != 0
+    rest, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    assert b"Traceback" not in err and len(err.strip().splitlines()) == 1, err  # backend line
+
+
+def test_other_engine_version_refused(tmp_path, tiny_gguf):
+    """The real engine, relabelled 0.3.35, on the import path: one line, exit 1, before
+    pyfile touches llama-cpp-python's internals."""
+    import llama_cpp
+    pkg = Path(llama_cpp.__file__).parent
+    fake = tmp_path / "site" / "llama_cpp"
+    fake.mkdir(parents=True)
+    for item in pkg.iterdir():
+        if item.name == "__init__.py":
+            text = item.read_text()
+            assert '__version__ = "0.3.36"' in text
+            (fake / item.name).write_text(text.replace('__version__ = "0.3.36"',
+                                                       '__version__ = "0.3.35"'))
+        elif item.name != "__pycache__":
+            (fake / item.name).symlink_to(item)
+    slim = tmp_path / "slim.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(slim), "--slim")
+    assert r.returncode == 0, r.stderr
+    r = run_file(slim, "-p", "Hi", "-n", "1", env=run_env(PYTHONPATH=str(tmp_path / "site")))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "llama-cpp-python 0.3.35 is installed" in r.stderr
+    assert "runs only with 0.3.36" in r.stderr and "pip install llama-cpp-python==0.3.36" \
+        in r.stderr

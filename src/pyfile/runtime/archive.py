@@ -139,12 +139,26 @@ class Archive:
 
     def _load_manifest(self) -> None:
         if MANIFEST_NAME not in self.members:
+            if not self._ends_with_end_record():
+                raise ArchiveError(f"{self.path}: damaged or truncated (the zip directory "
+                                   f"found is not at the end of the file)")
             raise ArchiveError(f"{self.path}: not a pyfile (a zip without {MANIFEST_NAME})")
         try:
             data = json.loads(self.read(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES))
         except (ValueError, UnicodeDecodeError) as e:
             raise ArchiveError(f"{self.path}: damaged manifest: {e}") from None
         self.manifest = check_manifest(data, self.path)
+
+    def _ends_with_end_record(self) -> bool:
+        """Whether the file ends with an end-of-central-directory record (every pyfile does:
+        no comment). A truncated pyfile can still look like a zip: the runtime bundle
+        inside it is one."""
+        try:
+            self.fp.seek(max(0, self.file_size - 22))
+            tail = self.fp.read(22)
+        except OSError:
+            return False
+        return len(tail) == 22 and tail[:4] == b"PK\x05\x06" and tail[20:22] == b"\0\0"
 
     # -- reading -----------------------------------------------------------------------------
 

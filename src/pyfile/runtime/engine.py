@@ -18,9 +18,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import EngineError
+from .errors import EngineError, EngineVersionError
 
-ENGINE_REQUIREMENT = "llama-cpp-python==0.3.36"
+#: The one llama-cpp-python version the adapter below was written against: it subclasses
+#: ``_internals.LlamaModel`` with a copy of that version's private constructor.
+ENGINE_VERSION = "0.3.36"
+ENGINE_REQUIREMENT = f"llama-cpp-python=={ENGINE_VERSION}"
 #: The first four bytes of every GGUF file (``GGUF_MAGIC`` in llama.cpp's gguf.h). The one
 #: definition: build-time code imports it from here.
 GGUF_MAGIC = b"GGUF"
@@ -41,7 +44,11 @@ class ModelSource:
 
 
 def import_llama_cpp() -> Any:
-    """Import llama_cpp, or say exactly what to install."""
+    """Import llama_cpp, or say exactly what to install.
+
+    Raises :class:`EngineError` when it is missing or its library does not load, and
+    :class:`EngineVersionError` when it is any version but :data:`ENGINE_VERSION`.
+    """
     try:
         import llama_cpp
     except ImportError:
@@ -52,7 +59,20 @@ def import_llama_cpp() -> Any:
     except OSError as e:
         raise EngineError(f"llama-cpp-python is installed but its library failed to load: "
                           f"{e}") from None
+    check_engine_version(llama_cpp)
     return llama_cpp
+
+
+def check_engine_version(llama_cpp: Any) -> None:
+    """Refuse any llama-cpp-python but :data:`ENGINE_VERSION` before touching its internals."""
+    found = getattr(llama_cpp, "__version__", None)
+    if found != ENGINE_VERSION:
+        where = os.path.dirname(os.path.dirname(getattr(llama_cpp, "__file__", "") or "?"))
+        raise EngineVersionError(
+            f"llama-cpp-python {found or '(no version)'} is installed in {where}, but pyfile "
+            f"runs only with {ENGINE_VERSION} (it loads models through that version's "
+            f"internals): install it with '{sys.executable} -m pip install "
+            f"{ENGINE_REQUIREMENT}', or run a pyfile built with its runtime inside")
 
 
 class _Libc:
@@ -116,8 +136,10 @@ def _install_adapter() -> None:
     with _adapter_lock:
         if _adapter_installed:
             return
+        import llama_cpp
         import llama_cpp._internals as internals
         from llama_cpp import llama_cpp as L
+        check_engine_version(llama_cpp)  # the constructor below is 0.3.36's
         from llama_cpp._utils import suppress_stdout_stderr
 
         base = internals.LlamaModel

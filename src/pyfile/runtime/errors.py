@@ -46,5 +46,10 @@ class EngineError(PyfileError):
     """The inference engine is missing or failed to load or run the model."""
 
 
+class EngineVersionError(EngineError):
+    """The installed llama-cpp-python is not the version pyfile's engine adapter was written
+    for (it replaces a private constructor of that exact version)."""
+
+
 class BackendError(EngineError):
     """A requested compute backend (GPU or CPU variant) cannot be used here."""

@@ -1,12 +1,14 @@
 """What ``./model.pyfile ARGS`` does: expand ``.args``, pick a mode, load the model, run.
 
-Exit codes: 0 success, 2 usage error, 1 anything else, 130 interrupted. Errors are one
-line on stderr; ``PYFILE_DEBUG=1`` shows the traceback instead.
+Exit codes: 0 success, 2 usage error, 1 anything else, 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM; a server or RPC worker shuts down cleanly and exits 0 instead). Errors
+are one line on stderr; ``PYFILE_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, List, Optional
 
@@ -17,13 +19,27 @@ from .engine import GGUF_MAGIC, ModelSource
 from .errors import ArchiveError, InputError, PyfileError
 
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C does (temp files removed, output flushed)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def log(message: str) -> None:
     sys.stderr.write(f"pyfile: {message}\n")
     sys.stderr.flush()
 
 
-def main(path: str, argv: List[str], zf: Any = None) -> int:
-    """Entry point used by the bootstrap and by ``__main__.py``."""
+def main(path: str, argv: List[str]) -> int:
+    """Entry point used by the bootstrap and by ``__main__.py``; returns the exit status."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run(path, argv)
     except PyfileError as e:
@@ -31,7 +47,9 @@ def main(path: str, argv: List[str], zf: Any = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
     except BrokenPipeError:
         _silence_stdout()
         return 1
