@@ -50,12 +50,49 @@ def test_sigill_variant_is_skipped_and_remembered(tmp_path, smol_pyfile, crashin
     assert re.search(r"backend cpu \(\w+ variant", first.stderr)
     assert marker.read_text() == "x"  # probed once, in a child
     verdicts = json.loads((cache / "verdicts.json").read_text())
-    assert {v["variant"]: v["ok"] for v in verdicts.values()}["fakeamx"] is False
+    assert {v["variant"]: v["ok"] for v in verdicts.values() if "variant" in v}["fakeamx"] \
+        is False
 
     second = run_file(smol_pyfile, *PARIS, env=env)
     assert second.returncode == 0 and second.stdout == first.stdout
     assert "skipped: fakeamx crashed with SIGILL" in second.stderr
     assert marker.read_text() == "x"  # the verdict came from the cache: no second probe
+
+
+SCORED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+int ggml_backend_score(void) {
+    FILE *f = fopen(getenv("FAKE_SCORE_MARKER"), "a"); if (f) { fputs("s", f); fclose(f); }
+    return 7;
+}
+"""
+
+
+def test_variant_scores_remembered(tmp_path, monkeypatch):
+    """Ranking loads every variant library once per CPU and set of files, not at each start."""
+    import types
+    from pyfile.runtime import cpu
+    need("cc")
+    (tmp_path / "pkg" / "lib").mkdir(parents=True)
+    src = tmp_path / "scored.c"
+    src.write_text(SCORED)
+    for name in ("alpha", "beta"):
+        subprocess.run(["cc", "-shared", "-fPIC", "-o",
+                        str(tmp_path / "pkg" / "lib" / f"libggml-cpu-{name}.so"), str(src)],
+                       check=True)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("FAKE_SCORE_MARKER", str(marker))
+    for var in ("PYFILE_BACKEND_DIR", "LLAMA_CPP_LIB_PATH", "PYFILE_CPU_VARIANT"):
+        monkeypatch.delenv(var, raising=False)
+    engine = types.SimpleNamespace(__file__=str(tmp_path / "pkg" / "__init__.py"))
+    path = str(tmp_path / "verdicts.json")
+    first = cpu.candidates(engine, cpu.Verdicts(path))
+    assert marker.read_text() == "ss"  # both scored
+    again = cpu.candidates(engine, cpu.Verdicts(path))  # a later start
+    assert marker.read_text() == "ss"  # from the cache: no library loaded
+    assert [(c.variant, c.score) for c in again] == [(c.variant, c.score) for c in first]
+    assert {c.variant for c in again} == {"alpha", "beta"}
 
 
 def test_forced_variant(tmp_path, smol_pyfile):

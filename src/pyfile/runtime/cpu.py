@@ -127,8 +127,14 @@ def score(path: str) -> int:
     return int(fn())
 
 
-def candidates(llama_cpp_module: Any) -> List[Candidate]:
-    """Runnable CPU candidates, best first."""
+def candidates(llama_cpp_module: Any, verdicts: Optional["Verdicts"] = None
+               ) -> List[Candidate]:
+    """Runnable CPU candidates, best first.
+
+    Scoring loads every variant library (14 dlopens, ~20 ms a start); with ``verdicts`` the
+    scores are remembered per CPU and set of variant files, so later starts load only the
+    chosen one.
+    """
     forced = os.environ.get("PYFILE_CPU_VARIANT")
     variants = find_variants(variant_dirs(llama_cpp_module))
     if not variants:
@@ -138,7 +144,14 @@ def candidates(llama_cpp_module: Any) -> List[Candidate]:
             raise BackendError(f"PYFILE_CPU_VARIANT={forced}: no such CPU variant "
                                f"(have: {', '.join(sorted(variants))})")
         return [Candidate(forced, variants[forced], 1)]
-    scored = [Candidate(name, path, score(path)) for name, path in variants.items()]
+    key = verdict_key("scores", *(f"{n}={file_id(p)}" for n, p in sorted(variants.items())))
+    known = (verdicts.get(key) or {}).get("scores") if verdicts is not None else None
+    if not (isinstance(known, dict) and set(known) == set(variants)
+            and all(isinstance(v, int) for v in known.values())):
+        known = {name: score(path) for name, path in variants.items()}
+        if verdicts is not None:
+            verdicts.put(key, {"scores": known})
+    scored = [Candidate(name, path, known[name]) for name, path in variants.items()]
     ranked = sorted((c for c in scored if c.score > 0), key=lambda c: -c.score)
     if not ranked:
         raise BackendError("none of the engine's CPU variants can run on this CPU")
@@ -249,7 +262,7 @@ def choose(llama_cpp_module: Any, model_path: str, offset: int, model_name: str,
     """The best candidate that passes (or once passed) its probe, and notes on the rest."""
     verdicts = verdicts or Verdicts()
     notes: List[str] = []
-    for c in candidates(llama_cpp_module):
+    for c in candidates(llama_cpp_module, verdicts):
         key = verdict_key(engine_version, c.variant, file_id(c.path), str(c.extra_bufts),
                           model_name, str(model_size))
         seen = verdicts.get(key)
