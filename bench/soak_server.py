@@ -13,7 +13,6 @@ import collections
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import statistics
@@ -134,19 +133,15 @@ def start_server(target: str, parallel: int, workdir: str):
                        capture_output=True)
     env = venv_env()
     log = os.path.join(workdir, "server.log")
-    proc = subprocess.Popen([pf, "--server", "--port", "0", "--nobrowser", "--parallel",
-                             str(parallel)], env=env, stderr=open(log, "w"),
-                            stdout=subprocess.DEVNULL)
+    from pyfile.runtime import ready
+    proc, where = ready.start([pf, "--server", "--port", "0", "--nobrowser", "--parallel",
+                               str(parallel)], env=env, stderr=open(log, "w"),
+                              stdout=subprocess.DEVNULL)
     proc.log = log
-    for _ in range(1200):
-        with open(log) as f:
-            m = re.search(r"web chat at (http://\S+/) ", f.read())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit("server did not start")
+    if where is None:
+        proc.kill()
+        raise SystemExit(f"server did not start (see {log})")
+    return proc, where["url"]
 
 
 def main(argv=None) -> int:

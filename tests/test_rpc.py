@@ -7,10 +7,12 @@ import socketserver
 import struct
 import subprocess
 import threading
+import time
 
 import pytest
 
 from conftest import run_file
+from pyfile.runtime import ready
 
 pytestmark = pytest.mark.slow
 PARIS = ["-p", "The capital of France is", "--temp", "0", "-n", "16"]
@@ -25,15 +27,13 @@ def free_port():
 
 
 def start_worker(pyfile, env, port, host="127.0.0.1"):
-    p = subprocess.Popen([str(pyfile), "--rpc-worker", "--host", host, "--port", str(port)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = []
-    while True:
-        line = p.stderr.readline()
-        assert line, "".join(lines)
-        lines.append(line)
-        if "RPC worker listening" in line:
-            return p, lines
+    p, where = ready.start([str(pyfile), "--rpc-worker", "--host", host, "--port", str(port)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if where is None:
+        p.kill()
+        raise AssertionError("worker did not start: " + p.communicate()[1])
+    assert where == {"host": host, "port": port, "url": None}
+    return p
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def workers(smol_pyfile, cache_env):
     procs = []
     ports = [free_port(), free_port()]
     for port in ports:
-        procs.append(start_worker(smol_pyfile, cache_env, port)[0])
+        procs.append(start_worker(smol_pyfile, cache_env, port))
     yield ports, procs
     for p in procs:
         if p.poll() is None:
@@ -103,9 +103,12 @@ def test_incompatible_worker(smol_pyfile, cache_env):
 
 def test_worker_warns_beyond_loopback_and_refuses_a_busy_port(smol_pyfile, cache_env):
     port = free_port()
-    p, lines = start_worker(smol_pyfile, cache_env, port, host="0.0.0.0")
+    p = start_worker(smol_pyfile, cache_env, port, host="0.0.0.0")
     try:
-        assert any("unauthenticated" in line for line in lines)
+        line = ""
+        while "unauthenticated" not in line:  # written before the worker announced itself
+            line = p.stderr.readline()
+            assert line, "no warning about listening beyond loopback"
         busy = run_file(smol_pyfile, "--rpc-worker", "--port", str(port), env=cache_env,
                         timeout=60)
         assert busy.returncode == 2 and "cannot listen" in busy.stderr
@@ -123,17 +126,14 @@ def test_server_survives_a_lost_worker(smol_pyfile, cache_env, workers):
     ports, procs = workers
     port = free_port()
     rpc = ",".join(f"127.0.0.1:{p}" for p in ports)
-    srv = subprocess.Popen([str(smol_pyfile), "--server", "--port", str(port), "--rpc", rpc],
-                           env=cache_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+    srv, where = ready.start([str(smol_pyfile), "--server", "--port", str(port), "--rpc", rpc],
+                             env=cache_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
     lines = []
+    threading.Thread(target=lambda: lines.extend(srv.stderr), daemon=True).start()
     try:
-        while "web chat at" not in (lines[-1] if lines else ""):
-            line = srv.stderr.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        threading.Thread(target=lambda: lines.extend(srv.stderr), daemon=True).start()
-        url = f"http://127.0.0.1:{port}/v1/completions"
+        assert where is not None and where["port"] == port, "".join(lines)
+        url = f"{where['url']}v1/completions"
 
         def post(body, timeout=120):
             req = urllib.request.Request(url, json.dumps(body).encode(),
@@ -186,15 +186,17 @@ def test_standalone_worker_skips_a_crashing_variant(tmp_path, smol_pyfile, cache
     env = dict(cache_env, PYFILE_BACKEND_DIR=str(tmp_path / "v"),
                PYFILE_CACHE_DIR=str(tmp_path / "cache"))
     port = free_port()
-    w = subprocess.Popen([sys.executable, "-m", "pyfile", "worker", "--port", str(port)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    w, where = ready.start([sys.executable, "-m", "pyfile", "worker", "--port", str(port)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = []
+    threading.Thread(target=lambda: lines.extend(w.stderr), daemon=True).start()
     try:
-        while not any("RPC worker listening" in ln for ln in lines):
-            line = w.stderr.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        assert any("fakeamx variant crashed (SIGILL)" in ln for ln in lines)
+        assert where == {"host": "127.0.0.1", "port": port, "url": None}, "".join(lines)
+        for _ in range(50):  # written before the second child announced itself
+            if any("fakeamx variant crashed (SIGILL)" in ln for ln in lines):
+                break
+            time.sleep(0.1)
+        assert any("fakeamx variant crashed (SIGILL)" in ln for ln in lines), "".join(lines)
         r = run_file(smol_pyfile, "--rpc", f"127.0.0.1:{port}", *PARIS, env=cache_env)
         assert r.returncode == 0 and "Paris" in r.stdout
     finally:

@@ -5,7 +5,6 @@ import asyncio
 import shutil
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_env
+from pyfile.runtime import ready
 
 pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -25,23 +25,17 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 class Server:
     def __init__(self, pyfile, *args, env=None):
-        self.proc = subprocess.Popen([str(pyfile), "--server", "--port", "0", "--nobrowser",
-                                      *args], env=env or run_env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc, where = ready.start([str(pyfile), "--server", "--port", "0", "--nobrowser",
+                                        *args], env=env or run_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
         self.lines = []
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise AssertionError("server exited: " + "".join(self.lines))
-            self.lines.append(line)
-            m = re.search(r"web chat at (http://\S+/) ", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise AssertionError("server did not start")
         threading.Thread(target=self._drain, daemon=True).start()
+        if where is None:
+            self.proc.kill()
+            self.proc.wait()
+            time.sleep(0.2)  # let the drain thread collect the last lines
+            raise AssertionError("server did not start: " + "".join(self.lines))
+        self.url = where["url"]
 
     def _drain(self):
         for line in self.proc.stderr:
@@ -254,16 +248,12 @@ def test_double_click_serves(real_model, tmp_path):
     from conftest import pyfile_cli
     r = pyfile_cli("build", str(real_model), "-o", str(out), "--args", "--port 0 --nobrowser")
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
+    proc, where = ready.start([str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")))
     try:
-        line = ""
-        while "web chat at" not in line:
-            line = proc.stderr.readline()
-            assert line, "exited before serving"
-        url = re.search(r"(http://\S+/) ", line).group(1)
-        with urllib.request.urlopen(url, timeout=30) as page:
+        assert where is not None, "exited before serving"
+        with urllib.request.urlopen(where["url"], timeout=30) as page:
             assert b"<title>pyfile chat</title>" in page.read()
     finally:
         proc.send_signal(signal.SIGTERM)

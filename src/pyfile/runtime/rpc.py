@@ -136,11 +136,29 @@ def serve_worker(llama_cpp: Any, host: str, port: int, gpu_kind: str) -> int:
     sys.stderr.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # ggml prints a banner on stdout
     threading.Thread(target=run, daemon=True).start()
+    _announce_when_listening(host, port, done)
     while not done.wait(0.5):
         pass
     sys.stderr.write("pyfile: RPC worker stopped\n")
     sys.stderr.flush()
     os._exit(0)  # the server thread cannot be joined; nothing else to clean up
+
+
+def _announce_when_listening(host: str, port: int, done: threading.Event) -> None:
+    """Tell a parent on the readiness channel (ready.py) once ggml's server accepts
+    connections: ggml binds inside its own thread and says nothing a program can read."""
+    from .ready import READY_FD_ENV, announce
+    if not os.environ.get(READY_FD_ENV):
+        return
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    while not done.is_set():
+        try:
+            check_worker(local, port, timeout=1)  # a real HELLO: the server is up
+            break
+        except BackendError:
+            done.wait(0.05)
+    if not done.is_set():
+        announce(host, port)
 
 
 CHILD_ENV = "PYFILE_RPC_CHILD"
@@ -167,6 +185,10 @@ def supervise(path: str, argv: List[str], endpoints: List[Tuple[str, int]]) -> i
             break
         except KeyboardInterrupt:  # the child got the same Ctrl-C; wait for it to finish
             continue
+        except BaseException:  # SIGTERM (main.Terminated) or worse: the child stops with us
+            proc.terminate()
+            proc.wait()
+            raise
     if code >= 0:
         return code
     lost = []
@@ -193,29 +215,25 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
     """
     import asyncio
     import json as _json
-    import re
     import subprocess
+
+    from . import ready as channel
 
     state: dict = {"proc": None, "port": None, "endpoints": list(endpoints), "lost": [],
                    "stopping": False}
     ready = threading.Event()
 
     def spawn() -> None:
-        env = _child_env()
         rpc_arg = ",".join(f"{h}:{p}" for h, p in state["endpoints"]) or "none"
-        proc = subprocess.Popen([path, *argv, "--rpc", rpc_arg, "--host", "127.0.0.1",
-                                 "--port", "0", "--nobrowser"], env=env,
-                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The child shares our stderr (its log lines reach the user as they are) and
+        # reports its private port on the readiness channel.
+        proc, where = channel.start([path, *argv, "--rpc", rpc_arg, "--host", "127.0.0.1",
+                                     "--port", "0", "--nobrowser"], env=_child_env(),
+                                    timeout=None, stdin=subprocess.DEVNULL)
         state["proc"] = proc
-        for line in proc.stderr:
-            m = re.search(r"web chat at http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                state["port"] = int(m.group(1))
-                ready.set()
-                break
-            sys.stderr.write(line)
-        threading.Thread(target=lambda: [sys.stderr.write(ln) for ln in proc.stderr],
-                         daemon=True).start()
+        if where is not None:
+            state["port"] = where["port"]
+            ready.set()
 
     def watch() -> None:
         while not state["stopping"]:
@@ -311,6 +329,8 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                          f"OpenAI API at http://{host}:{shown}/v1 (layers on RPC workers "
                          f"{', '.join(f'{h}:{p}' for h, p in endpoints)}; Ctrl-C stops)\n")
         sys.stderr.flush()
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        channel.announce(host, shown, f"http://{local}:{shown}/")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -340,6 +360,7 @@ def standalone_worker(host: str, port: int) -> int:
     import subprocess
     from . import cpu
     from .engine import import_llama_cpp
+    from .ready import delegated_fds
     llama_cpp = import_llama_cpp()
     verdicts = cpu.Verdicts()
     engine = getattr(llama_cpp, "__version__", "?")
@@ -350,7 +371,8 @@ def standalone_worker(host: str, port: int) -> int:
         child = subprocess.Popen([sys.executable, "-c",
                                   "import sys; from pyfile.runtime import rpc; "
                                   "sys.exit(rpc._worker_child(*sys.argv[1:]))",
-                                  c.path or "builtin", host, str(port)])
+                                  c.path or "builtin", host, str(port)],
+                                 pass_fds=delegated_fds())
         for sig in (signal.SIGINT, signal.SIGTERM):  # stopping us stops the worker
             signal.signal(sig, lambda s, _f, child=child: child.send_signal(signal.SIGTERM))
         code = child.wait()

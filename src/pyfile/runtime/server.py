@@ -546,11 +546,16 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Dict[str, Any]] = N
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
-    sys.stderr.write(f"pyfile: serving the web chat at {url} and the OpenAI API at {url}v1 "
-                     f"({opts.parallel} slot{'s' if opts.parallel > 1 else ''}; Ctrl-C stops)\n")
+    from .rpc import CHILD_ENV
+    if not os.environ.get(CHILD_ENV):  # a supervised RPC child: the parent shows its address
+        sys.stderr.write(f"pyfile: serving the web chat at {url} and the OpenAI API at "
+                         f"{url}v1 ({opts.parallel} slot{'s' if opts.parallel > 1 else ''}; "
+                         f"Ctrl-C stops)\n")
     if host not in ("127.0.0.1", "::1", "localhost") and not opts.api_key:
         sys.stderr.write("pyfile: warning: listening beyond this machine without --api-key\n")
     sys.stderr.flush()
+    from .ready import announce
+    announce(host, port, url)  # for programs (the RPC supervisor, tests): see ready.py
     if open_browser and not opts.nobrowser:
         _open_browser(url)
     config = uvicorn.Config(app, log_level="debug" if opts.verbose else "warning",
