@@ -54,7 +54,10 @@ def test_layout_stub_then_aligned_stored_model(tmp_path, tiny_gguf):
         assert man["default_model"] == "tiny.gguf"
         entry = arch.manifest_entry("tiny.gguf")
         assert entry["offset"] == m.offset and entry["align"] == 65536
-        assert entry["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+        assert entry["sha256"] == ""  # the weights: the zip's CRC-32 only, unless --sha256
+        assert entry["crc32"] == f"{zipfile.ZipFile(out).getinfo('tiny.gguf').CRC:08x}"
+        runtime = arch.manifest_entry("pyfile/runtime/main.py")
+        assert runtime["sha256"] == hashlib.sha256(arch.read("pyfile/runtime/main.py")).hexdigest()
         assert man["models"]["tiny.gguf"]["name"] == "tiny"
         names = set(arch.members)
         assert {".args", "__main__.py", "pyfile/runtime/main.py", ".pyfile/manifest.json"} <= names
@@ -98,18 +101,25 @@ def test_inspect_text_and_json(tmp_path, tiny_gguf):
     assert json.loads(r.stdout)["model"]["tensor_count"] == 3
 
 
-def test_verify_ok_and_detects_corruption(tmp_path, tiny_gguf):
-    out = build(tiny_gguf, tmp_path / "t.pyfile")
-    r = pyfile_cli("verify", str(out))
-    assert r.returncode == 0 and "OK" in r.stdout
+@pytest.mark.parametrize("sha256", [False, True])
+def test_verify_ok_and_detects_corruption(tmp_path, tiny_gguf, sha256):
+    out = tmp_path / "t.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(out), *(["--sha256"] if sha256 else []))
+    assert r.returncode == 0, r.stderr
     with Archive.open(str(out)) as arch:
         off = arch.member("tiny.gguf").offset + 1000
+        recorded = arch.manifest_entry("tiny.gguf")["sha256"]
+    assert recorded == (hashlib.sha256(tiny_gguf.read_bytes()).hexdigest() if sha256 else "")
+    r = pyfile_cli("verify", str(out))
+    assert r.returncode == 0 and "OK" in r.stdout
+    assert ("CRC-32 only for tiny.gguf" in r.stdout) is not sha256
     data = bytearray(out.read_bytes())
     data[off] ^= 0xFF
     out.write_bytes(bytes(data))
     r = pyfile_cli("verify", str(out))
     assert r.returncode == 1
-    assert "SHA-256 mismatch" in r.stderr and "CRC-32 mismatch" in r.stderr
+    assert "CRC-32 mismatch" in r.stderr
+    assert ("SHA-256 mismatch" in r.stderr) is sha256
     assert "Traceback" not in r.stderr
 
 

@@ -67,11 +67,14 @@ def cli() -> None:
               help="Pack a GPU variant (cuda=DIR or rocm=DIR, from scripts/build-variant.sh).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
+@click.option("--sha256", is_flag=True,
+              help="Also record the SHA-256 of the model and extra files (as sha256sum "
+                   "prints it; one more pass over the weights). CRC-32 always.")
 @click.option("--runtime", "runtimes", multiple=True, metavar="WHEELDIR",
               help="Also carry a runtime built from a folder of wheels (another Python/platform).")
 def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], slim: bool,
-          runtimes: List[str]) -> None:
+          sha256: bool, runtimes: List[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
     from .builder import DEFAULT_ALIGN, build as do_build
     align = DEFAULT_ALIGN if align is None else align
@@ -81,7 +84,7 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), slim=slim,
-                          runtimes=list(runtimes))
+                          runtimes=list(runtimes), sha256=sha256)
     finally:
         bar.finish()
     click.echo(f"pyfile: wrote {result.output} ({_size(result.size)})", err=True)
@@ -103,7 +106,7 @@ def inspect(file: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True))
 def verify(file: str) -> None:
-    """Check every member's CRC-32 and SHA-256, the offsets and the alignment."""
+    """Check every member's CRC-32 and recorded SHA-256, the offsets and the alignment."""
     from .runtime.archive import Archive
     from .runtime.errors import VerifyError
     bar = _Bar("verifying")
@@ -114,11 +117,15 @@ def verify(file: str) -> None:
         finally:
             bar.finish()
         count = len(arch.members)
+        crc_only = sorted(e["name"] for e in arch.manifest.get("members", [])
+                          if not e.get("sha256"))
     if problems:
         for p in problems[:-1]:
             click.echo(f"pyfile: {file}: {p}", err=True)
         raise VerifyError(f"{file}: {problems[-1]}")
-    click.echo(f"pyfile: {file}: OK ({count} members)")
+    note = f"; CRC-32 only for {', '.join(crc_only)} (built without --sha256)" if crc_only \
+        else ""
+    click.echo(f"pyfile: {file}: OK ({count} members{note})")
 
 
 @cli.command()

@@ -144,17 +144,18 @@ class ZipWriter:
 
     def add_stream(self, name: str, src: BinaryIO, size: int, *, align: int = 4096,
                    progress: Optional[Callable[[int], None]] = None,
-                   origin: str = "") -> Entry:
+                   origin: str = "", sha256: bool = True) -> Entry:
         """Copy ``size`` bytes from ``src`` (from its current position) as a stored member
         whose data is ``align``-aligned.
 
-        CRC-32 and SHA-256 are computed while copying; the header's CRC is patched afterwards.
-        An input that turns out shorter than ``size`` is an error.
+        CRC-32 (and SHA-256 unless ``sha256`` is false: the entry's digest is then "") are
+        computed while copying; the header's CRC is patched afterwards. An input that turns
+        out shorter than ``size`` is an error.
         """
         zip64 = size >= U32_MAX
         header_offset, data_offset, raw = self._begin(name, align, zip64)
         self.fp.write(self._local_header(raw, STORED, 0, size, size, zip64))
-        crc, digest = _copy_hashing(src, self.fp, size, progress, origin or name)
+        crc, digest = _copy_hashing(src, self.fp, size, progress, origin or name, sha256)
         end = self.fp.tell()
         self.fp.seek(header_offset + 14)
         self.fp.write(struct.pack("<I", crc))
@@ -193,8 +194,9 @@ class ZipWriter:
 
 
 def _copy_hashing(src: BinaryIO, dst: BinaryIO, size: int,
-                  progress: Optional[Callable[[int], None]], origin: str) -> Tuple[int, str]:
-    """Copy ``size`` bytes from ``src`` to ``dst``; return (CRC-32, SHA-256 hex) of them.
+                  progress: Optional[Callable[[int], None]], origin: str,
+                  sha256: bool = True) -> Tuple[int, str]:
+    """Copy ``size`` bytes from ``src`` to ``dst``; return (CRC-32, SHA-256 hex or "").
 
     Between two files the kernel copies (``copy_file_range``, as ``cp`` does: no byte
     crosses into Python) while a thread hashes what has landed in the output, read back
@@ -210,12 +212,12 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO, size: int,
         else:
             dst.flush()
             result = _kernel_copy(in_fd, src.tell(), out_fd, dst.tell(), size, progress,
-                                  origin)
+                                  origin, sha256)
             if result is not None:
                 src.seek(src.tell() + size)
                 dst.seek(dst.tell() + size)
                 return result
-    return _user_copy(src, dst, size, progress, origin)
+    return _user_copy(src, dst, size, progress, origin, sha256)
 
 
 class _OutputHasher:
@@ -225,9 +227,9 @@ class _OutputHasher:
     are in the page cache: no copy, unlike ``pread``, 5% faster here) and hashes them.
     """
 
-    def __init__(self, fd: int, start: int) -> None:
+    def __init__(self, fd: int, start: int, sha256: bool = True) -> None:
         self.fd, self.pos = fd, start
-        self.sha = hashlib.sha256()
+        self.sha = hashlib.sha256() if sha256 else None
         self.crc = 0
         self.error: Optional[BaseException] = None
         self._todo: "queue.SimpleQueue[Optional[int]]" = queue.SimpleQueue()
@@ -260,7 +262,8 @@ class _OutputHasher:
                         return
                     piece = view[i:min(i + HASH_PIECE, self.pos - start + n)]
                     self.crc = crc32(piece, self.crc)
-                    self.sha.update(piece)
+                    if self.sha is not None:
+                        self.sha.update(piece)
                     piece.release()
             finally:
                 view.release()
@@ -272,7 +275,7 @@ class _OutputHasher:
         self._thread.join()
         if self.error is not None:
             raise self.error
-        return self.crc, self.sha.hexdigest()
+        return self.crc, self.sha.hexdigest() if self.sha is not None else ""
 
     def abandon(self) -> None:
         """Stop as soon as possible (the copy failed); the output is about to go away."""
@@ -282,7 +285,7 @@ class _OutputHasher:
 
 
 def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-                 progress: Optional[Callable[[int], None]], origin: str
+                 progress: Optional[Callable[[int], None]], origin: str, sha256: bool = True
                  ) -> Optional[Tuple[int, str]]:
     """``copy_file_range`` in :data:`KERNEL_STEP` steps, hashed behind; None when the kernel
     cannot copy between these files (nothing has been written then)."""
@@ -303,7 +306,7 @@ def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
                 raise InputError(f"{origin}: input shrank while being read "
                                  f"({done} of {size} bytes)")
             if hasher is None:
-                hasher = _OutputHasher(out_fd, out_off)
+                hasher = _OutputHasher(out_fd, out_off, sha256)
             hasher.feed(n)
             done += n
             if progress:
@@ -318,7 +321,8 @@ def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
 
 
 def _user_copy(src: BinaryIO, dst: BinaryIO, size: int,
-               progress: Optional[Callable[[int], None]], origin: str) -> Tuple[int, str]:
+               progress: Optional[Callable[[int], None]], origin: str,
+               sha256: bool = True) -> Tuple[int, str]:
     """Copy through Python buffers, computing CRC-32 and SHA-256 in the same pass.
 
     Three stages overlap on a ring of buffers: this thread reads, one thread hashes with
@@ -349,8 +353,8 @@ def _user_copy(src: BinaryIO, dst: BinaryIO, size: int,
                     raise InputError(f"{origin}: input shrank while being read "
                                      f"({size - left} of {size} bytes)")
                 chunk = ring[slot][:n]
-                pending[slot] = (hasher.submit(sha.update, chunk),
-                                 writer.submit(crc_write, chunk))
+                pending[slot] = ((hasher.submit(sha.update, chunk),) if sha256 else ()) + (
+                    writer.submit(crc_write, chunk),)
                 left -= n
                 i += 1
                 if progress:
@@ -362,7 +366,7 @@ def _user_copy(src: BinaryIO, dst: BinaryIO, size: int,
         for fs in pending:
             for f in fs or ():
                 f.result()  # re-raise a write error (disk full) here
-    return crc, sha.hexdigest()
+    return crc, sha.hexdigest() if sha256 else ""
 
 
 def _central_record(e: Entry) -> bytes:
