@@ -330,6 +330,7 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                          f"{', '.join(f'{h}:{p}' for h, p in endpoints)}; Ctrl-C stops)\n")
         sys.stderr.flush()
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        local = f"[{local}]" if ":" in local else local
         channel.announce(host, shown, f"http://{local}:{shown}/")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
