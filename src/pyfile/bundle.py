@@ -120,8 +120,11 @@ def assemble(engine: engines.Engine, pythons: List[str],
     engine_floor = tuple(int(x) for x in engines.glibc_floor(engine).split("."))
     folders = {py: wheels.fetch(py, wheel_dir) for py in pythons}
     h = hashlib.sha256(f"{BUNDLE_FORMAT}|{SKIP.pattern}".encode())
-    for rel in sorted(engine.files):
-        h.update(rel.encode() + b"\0" + hashlib.sha256(engine.files[rel]).digest())
+    if engine.identity:
+        h.update(f"engine:{engine.identity}".encode())
+    else:
+        for rel in sorted(engine.files):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(engine.files[rel]).digest())
     for py in pythons:
         names = sorted(n for n in os.listdir(folders[py]) if n.endswith(".whl"))
         h.update(f"{py}:{','.join(names)}".encode())
@@ -138,7 +141,7 @@ def assemble(engine: engines.Engine, pythons: List[str],
     groups: Dict[str, str] = {}
     targets: List[Target] = []
     for py in pythons:
-        files = dict(engine.files)
+        files = dict(engine.load().files)
         floor = engine_floor
         for wheel in sorted(os.listdir(folders[py])):
             if not wheel.endswith(".whl"):

@@ -64,9 +64,17 @@ class Engine:
     origin: str  # the wheel, or the installed package's folder (for messages)
     files: Dict[str, bytes] = field(default_factory=dict)  # path inside site-packages -> bytes
     version: str = ""
+    identity: str = ""  # changes whenever the files do (a wheel: path, size, mtime)
+    checked: Optional[Dict[str, object]] = None  # problems and glibc, remembered per identity
 
     def libraries(self) -> List[str]:
-        return sorted(p for p in self.files if LIB_NAME.search(p))
+        return sorted(p for p in self.load().files if LIB_NAME.search(p))
+
+    def load(self) -> "Engine":
+        """Read the files now if they were left unread (a wheel whose check was cached)."""
+        if not self.files and self.origin.endswith(".whl"):
+            self.files = from_wheel(self.origin).files
+        return self
 
 
 # -- reading engines -----------------------------------------------------------------------
@@ -124,6 +132,8 @@ def installed() -> Optional[Engine]:
 
 def problems(eng: Engine) -> List[str]:
     """Why ``eng`` would not run on every x86-64 CPU with glibc >= 2.31 (empty: portable)."""
+    if eng.checked is not None:
+        return list(eng.checked["problems"])  # type: ignore[call-overload]
     out: List[str] = []
     if eng.version and eng.version != ENGINE_VERSION:
         out.append(f"it is llama-cpp-python {eng.version}, pyfile needs {ENGINE_VERSION}")
@@ -155,6 +165,8 @@ def problems(eng: Engine) -> List[str]:
 
 def glibc_floor(eng: Engine) -> str:
     """The newest GLIBC version any library of ``eng`` needs, as text ("2.27")."""
+    if eng.checked is not None:
+        return str(eng.checked["glibc"])
     best: Optional[Tuple[int, ...]] = None
     for rel in eng.libraries():
         try:
@@ -187,11 +199,13 @@ HOW_TO_GET = (f"run 'pyfile engine build' once (it compiles llama-cpp-python {EN
 def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False) -> Engine:
     """The engine to pack: ``--engine WHEEL``, else the cached portable build, else the
     installed one if it is portable. An unportable engine is refused unless allowed."""
-    if wheel:
-        eng = from_wheel(wheel)
-    else:
+    if not wheel:
         cached = cached_wheels()
-        eng = from_wheel(cached[0]) if cached else installed()
+        wheel = cached[0] if cached else None
+    if wheel:
+        eng = _checked_wheel(wheel)
+    else:
+        eng = installed()
         if eng is None:
             raise InputError(f"no engine to pack: {HOW_TO_GET}")
     found = problems(eng)
@@ -202,6 +216,37 @@ def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False) -> 
     if eng.version and eng.version != ENGINE_VERSION:
         raise InputError(f"{eng.origin}: llama-cpp-python {eng.version} cannot be packed; "
                          f"pyfile runs on {ENGINE_VERSION} only")
+    return eng
+
+
+def _checked_wheel(path: str) -> Engine:
+    """The engine in wheel ``path``; its portability check is remembered in the build cache
+    by the wheel's identity, so later builds neither read nor parse its 100 MB of files."""
+    import json
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InputError(f"--engine {path}: cannot read: {e.strerror or e}") from None
+    identity = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    memo = os.path.join(engines_dir(), "checks",
+                        hashlib.sha256(identity.encode()).hexdigest()[:24] + ".json")
+    try:
+        with open(memo, encoding="utf-8") as f:
+            checked = json.load(f)
+        return Engine(path, {}, str(checked["version"]), identity, checked)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    eng = from_wheel(path)
+    eng.identity = identity
+    checked = {"version": eng.version, "problems": problems(eng), "glibc": glibc_floor(eng)}
+    try:
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        with open(memo + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(checked, f)
+        os.replace(memo + ".tmp", memo)
+    except OSError:
+        pass
+    eng.checked = checked
     return eng
 
 
