@@ -19,6 +19,8 @@ from .runtime.errors import InputError, UsageError
 
 #: Where published variants are looked for (shared with scripts/build-variant.sh).
 VARIANTS_ENV = "PYFILE_VARIANTS"
+#: Newest glibc a library packed by default may need (issue #13: every pyfile runs on 2.31).
+GLIBC_MAX = (2, 31)
 
 
 @dataclass
@@ -76,7 +78,8 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
     """Variants published in :func:`variants_dir` (kinds in ``skip`` left out).
 
     A variant built for another engine version than ``engine`` (when known) is left out:
-    ggml refuses a backend from another build. Each kind that ``make setup`` builds but
+    ggml refuses a backend from another build; so is one that needs a newer glibc than
+    :data:`GLIBC_MAX` (``--backend`` still packs it). Each kind that ``make setup`` builds but
     that is missing adds a one-line note to ``notes``.
     """
     root = variants_dir(env)
@@ -96,5 +99,18 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
             notes.append(f"left out the {b.title} variant in {folder}: built for {built_for}, "
                          f"this engine is llama-cpp-python {engine}")
             continue
+        glibc = str(v.requires.get("glibc", ""))
+        if _version(glibc) > GLIBC_MAX:
+            notes.append(f"left out the {b.title} variant in {folder}: it needs GLIBC_{glibc}, "
+                         f"newer than the {'.'.join(map(str, GLIBC_MAX))} a pyfile runs on "
+                         f"(--backend {b.kind}={folder} packs it anyway)")
+            continue
         out[b.kind] = v
     return out
+
+
+def _version(text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.split("."))
+    except ValueError:
+        return ()
