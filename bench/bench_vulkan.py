@@ -12,32 +12,17 @@
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import venv_env  # noqa: E402
+from common import eval_rate, timed, venv_env  # noqa: E402
 
 
 def run(cmd, extra=None):
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**venv_env(), **(extra or {})},
-                       stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise SystemExit(f"failed: {cmd}: {r.stderr}")
-    return time.perf_counter() - t, r
-
-
-def eval_rate(stderr: str) -> float:
-    m = re.search(r"^\S*\s+eval time =.*?([\d.]+) tokens per second", stderr, re.M)
-    if not m:
-        raise SystemExit("no eval timing in the log")
-    return float(m.group(1))
+    return timed(cmd, {**venv_env(), **(extra or {})})
 
 
 def main() -> None:

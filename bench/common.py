@@ -1,7 +1,10 @@
 """Shared by the bench scripts: run pyfiles with this interpreter's environment."""
 
 import os
+import re
+import subprocess
 import sys
+import time
 
 
 def venv_env() -> dict:
@@ -11,3 +14,20 @@ def venv_env() -> dict:
     e["VIRTUAL_ENV"] = os.path.dirname(bindir)
     e["PATH"] = bindir + os.pathsep + e.get("PATH", "")
     return e
+
+
+def timed(cmd, env):
+    """(seconds from exec to exit, the completed process); a failure ends the bench."""
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise SystemExit(f"failed: {cmd}: {r.stderr}")
+    return time.perf_counter() - t, r
+
+
+def eval_rate(stderr: str) -> float:
+    """llama.cpp's own generation speed (tokens/s) from its -v log."""
+    m = re.search(r"^\S*\s+eval time =.*?([\d.]+) tokens per second", stderr, re.M)
+    if not m:
+        raise SystemExit("no eval timing in the log")
+    return float(m.group(1))

@@ -14,7 +14,8 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+import threading
+from typing import Callable, Iterator
 
 CACHE_ENV = "PYFILE_BUILD_CACHE"
 
@@ -51,4 +52,27 @@ def publishing(target: str) -> Iterator[str]:
         raise
 
 
-__all__ = ["CACHE_ENV", "root", "folder", "publishing"]
+def remembered(name: str, make: Callable[[], bytes]) -> bytes:
+    """Bytes derived from some content (``name`` must be a digest of it and of how they are
+    made), kept in ``<root>/objects/`` so that later builds reuse them. Safe from several
+    threads and processes; without a writable cache the bytes are just made."""
+    path = os.path.join(folder("objects"), name)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        pass
+    data = make()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return data
+
+
+__all__ = ["CACHE_ENV", "root", "folder", "publishing", "remembered"]

@@ -243,23 +243,12 @@ def _deflated(data: bytes, level: int = 6) -> bytes:
     import hashlib
     import zlib
     from . import buildcache
-    path = os.path.join(buildcache.folder("objects"),
-                        f"{hashlib.sha256(data).hexdigest()}.deflate{level}")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        pass
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    out = c.compress(data) + c.flush()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.{os.getpid()}.tmp", "wb") as f:
-            f.write(out)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)
-    except OSError:
-        pass  # no writable cache: compress again next time
-    return out
+
+    def make() -> bytes:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush()
+
+    return buildcache.remembered(f"{hashlib.sha256(data).hexdigest()}.deflate{level}", make)
 
 
 @dataclass

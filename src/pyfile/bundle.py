@@ -21,7 +21,6 @@ import lzma
 import os
 import re
 import tempfile
-import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -175,21 +174,10 @@ def assemble(engine: engines.Engine, pythons: List[str],
 def _xz(items: List[Tuple[str, bytes]]) -> Dict[str, bytes]:
     """xz streams of the big objects, in parallel (lzma releases the GIL), cached by content
     in the build cache so that bundles for other Python sets reuse them."""
-    folder = buildcache.folder("objects")
-    os.makedirs(folder, exist_ok=True)
-
     def one(item: Tuple[str, bytes]) -> Tuple[str, bytes]:
         sha, data = item
-        cached = os.path.join(folder, sha + ".xz")
-        if os.path.isfile(cached):
-            with open(cached, "rb") as f:
-                return sha, f.read()
-        packed = lzma.compress(data, preset=XZ_PRESET)
-        tmp = f"{cached}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(packed)
-        os.replace(tmp, cached)
-        return sha, packed
+        return sha, buildcache.remembered(f"{sha}.xz",
+                                          lambda: lzma.compress(data, preset=XZ_PRESET))
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return dict(pool.map(one, items))

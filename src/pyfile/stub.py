@@ -81,21 +81,8 @@ def _marshalled(member: str, source: bytes) -> bytes:
     from . import buildcache
     key = hashlib.sha256(importlib.util.MAGIC_NUMBER + f"{member}|{MARSHAL_VERSION}|".encode()
                          + source).hexdigest()
-    path = os.path.join(buildcache.folder("objects"), key + ".marshal")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        pass
-    data = marshal.dumps(compile(source, member, "exec", dont_inherit=True), MARSHAL_VERSION)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.{os.getpid()}.tmp", "wb") as f:
-            f.write(data)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)
-    except OSError:
-        pass
-    return data
+    return buildcache.remembered(key + ".marshal", lambda: marshal.dumps(
+        compile(source, member, "exec", dont_inherit=True), MARSHAL_VERSION))
 
 
 def render() -> bytes:
