@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -292,9 +293,11 @@ def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int
         man.variants[kind] = {"members": members, "requires": v.requires}
     if fixed.bundle is not None:
         b = fixed.bundle
-        with open(b.path, "rb") as inp:
-            entry = w.add_stream(b.member, inp, os.path.getsize(b.path), align=64)
-        man.add_member(entry, "runtime-bundle", 64)
+        with open(b.path, "rb") as inp:  # its SHA-256 is known: only the CRC-32 is taken
+            entry = w.add_stream(b.member, inp, os.path.getsize(b.path), align=64,
+                                 sha256=not b.sha256)
+        man.add_member(dataclasses.replace(entry, sha256=b.sha256 or entry.sha256),
+                       "runtime-bundle", 64)
         man.runtimes = [t.record() for t in b.targets]
     man.default_model = sources[0].name
     w.add_bytes(MANIFEST_NAME, man.to_bytes())

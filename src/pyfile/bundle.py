@@ -70,6 +70,7 @@ class Bundle:
     sizes: Dict[str, int] = field(default_factory=dict)  # where the compressed bytes go
     engine: str = ""  # the llama-cpp-python version inside
     member: str = MEMBER_NAME
+    sha256: str = ""  # of the bundle zip, computed once when it was written
 
 
 def _glibc_of(wheel: str) -> Tuple[int, int]:
@@ -133,8 +134,9 @@ def assemble(engine: engines.Engine, pythons: List[str],
     if os.path.isfile(path) and os.path.isfile(index_path):
         with open(index_path, encoding="utf-8") as f:
             meta = json.load(f)
-        return Bundle(path, [Target(**t) for t in meta["targets"]], meta["sizes"],
-                      engine.version)
+        if "sha256" in meta:
+            return Bundle(path, [Target(**t) for t in meta["targets"]], meta["sizes"],
+                          engine.version, sha256=meta["sha256"])
 
     objects: Dict[str, bytes] = {}
     groups: Dict[str, str] = {}
@@ -165,10 +167,20 @@ def assemble(engine: engines.Engine, pythons: List[str],
             groups.setdefault(sha, _group(rel))
         targets.append(target)
     sizes = _write(path, objects, groups, targets)
+    digest = _file_sha256(path)
     with open(index_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"targets": [t.__dict__ for t in targets], "sizes": sizes}, f)
+        json.dump({"targets": [t.__dict__ for t in targets], "sizes": sizes,
+                   "sha256": digest}, f)
     os.replace(index_path + ".tmp", index_path)
-    return Bundle(path, targets, sizes, engine.version)
+    return Bundle(path, targets, sizes, engine.version, sha256=digest)
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _xz(items: List[Tuple[str, bytes]]) -> Dict[str, bytes]:
