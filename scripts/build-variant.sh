@@ -29,10 +29,10 @@ variants=${PYFILE_VARIANTS:-$cache/variants}
 tools="$cache/tools"
 jobs=${JOBS:-$(nproc)}
 py=${PYTHON:-python3}
-zig_version=0.17.1            # the engine's compiler (scripts/build-engine.sh uses the same)
+zig_version=0.17.1            # the engine's compiler (ZIG_VERSION in src/pyfile/engines.py)
 vk_deb=1.4.309.0-1            # Debian 13's Vulkan headers and loader (12's are too old)
 spirv_deb=1.6.1+1.4.309.0-1   # Debian 13's SPIR-V headers (ggml-vulkan's CMake wants them)
-glibc_max=2.31                # no library in a pyfile may need a newer GLIBC_ symbol
+glibc_max=2.31                # no library in a pyfile may need a newer GLIBC_ symbol (PROMISED_GLIBC)
 
 say() { echo "build-variant: $*" >&2; }
 die() { say "$*"; exit 1; }

@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .engines import PROMISED_GLIBC
 from .runtime.backends import BACKENDS, LIB_OF
 from .runtime.errors import InputError, UsageError
 
 #: Where published variants are looked for (shared with scripts/build-variant.sh).
 VARIANTS_ENV = "PYFILE_VARIANTS"
-#: Newest glibc a library packed by default may need (issue #13: every pyfile runs on 2.31).
-GLIBC_MAX = (2, 31)
+#: Newest glibc a library packed by default may need: the one every pyfile promises.
+GLIBC_MAX = PROMISED_GLIBC
 
 
 @dataclass
