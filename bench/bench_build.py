@@ -4,13 +4,18 @@
 
 For each size: a GGUF of random bytes (real data: a sparse file would make `cp` unrealistically
 fast) is written and read once (warm page cache); then one untimed warm-up of each command and
-`repeat` timed rounds, cp and build alternating. Each timing starts after `sync` (no dirty pages
-left from the previous one) and writes a file that does not exist yet (replacing an existing
-file makes ext4 flush the new one at the rename, which `cp` to a new name never pays). Best of
-`repeat` is compared. The floor of a build is the slower of the copy and one pass of the hashes
-it keeps over the weights, timed in this process from the page cache: CRC-32 for a default
-build, CRC-32 + SHA-256 for `--sha256`; both builds are timed. Also times `pyfile verify` and
-`pyfile args --set` on the last default build of the first size.
+`repeat` timed rounds of cp, build and build --sha256, each round in a rotated order. Each
+timing starts after `sync` (no dirty pages left from the previous one) and writes a file that
+does not exist yet (replacing an existing file makes ext4 flush the new one at the rename,
+which `cp` to a new name never pays). Best of `repeat` is compared. The floor of a build is
+the slower of the copy and one pass of the hashes it keeps over the weights, timed in this
+process from the page cache: CRC-32 for a default build, CRC-32 + SHA-256 for `--sha256`;
+both builds are timed. Also times `pyfile verify` and `pyfile args --set` on the last default
+build of the first size.
+
+pyfile runs as an installed package does: with its bytecode (pip compiles it at install; the
+warm-up writes it here even where PYTHONDONTWRITEBYTECODE is set, as it is on our CI
+machines, where every start would otherwise compile pyfile's modules: +15 ms).
 """
 
 import argparse
@@ -45,10 +50,15 @@ def make_gguf(path: str, size_mib: int) -> None:
     w.close()
 
 
+#: The environment of every pyfile command: bytecode is written and used (see above).
+PYFILE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(cmd) -> float:
     os.sync()
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=PYFILE_ENV)
     return time.perf_counter() - t
 
 
@@ -84,10 +94,13 @@ def bench_size(d: str, size_mib: int, repeat: int) -> dict:
     timed(["cp", src, fresh(copy)])  # warm-up: first-run costs (bundle cache, page cache)
     timed(build[:-1] + [fresh(out)])
     cps, builds, shas, crc_pass, sha_pass = [], [], [], [], []
-    for _ in range(repeat):
-        cps.append(timed(["cp", src, fresh(copy)]))
-        builds.append(timed(build[:-1] + [fresh(out)]))
-        shas.append(timed(build[:-1] + [fresh(out), "--sha256"]))
+    runs = [(cps, lambda: ["cp", src, fresh(copy)]), (builds, lambda: build[:-1] + [fresh(out)]),
+            (shas, lambda: build[:-1] + [fresh(out), "--sha256"])]
+    for i in range(repeat):
+        # Each round in another order: a timing right after a big sync can find the disk
+        # still busy (write-back throttles a 4 GiB copy here); no command always pays that.
+        for times, cmd in runs[i % 3:] + runs[:i % 3]:
+            times.append(timed(cmd()))
         crc_pass.append(hash_pass(src, False))
         sha_pass.append(hash_pass(src, True))
     os.unlink(copy)
@@ -122,11 +135,11 @@ def main() -> None:
           f"{'--sha256':>8}  {'/cp':>5}  {'SHA pass':>8}  {'/floor':>6}")
     for r in rows:
         floor = max(r["cp"], r["sha_pass"])
-        print(f"{r['size'] / (1 << 30):>5.2f} GiB  {r['cp']:>5.2f}s  {r['build']:>5.2f}s  "
+        print(f"{r['size'] / (1 << 30):>5.2f} GiB  {r['cp']:>5.3f}s {r['build']:>5.3f}s  "
               f"{r['build'] / r['cp']:>7.2f}x  {r['crc_pass']:>7.2f}s  {r['sha']:>7.2f}s  "
               f"{r['sha'] / r['cp']:>4.1f}x  {r['sha_pass']:>7.2f}s  {r['sha'] / floor:>5.2f}x")
-        print(f"{'':>9}  all cp: {' '.join(f'{x:.2f}' for x in r['all_cp'])}; "
-              f"all build: {' '.join(f'{x:.2f}' for x in r['all_build'])}; "
+        print(f"{'':>9}  all cp: {' '.join(f'{x:.3f}' for x in r['all_cp'])}; "
+              f"all build: {' '.join(f'{x:.3f}' for x in r['all_build'])}; "
               f"all --sha256: {' '.join(f'{x:.2f}' for x in r['all_sha'])}")
     print("goal: build/cp <= 1.5 (default build: CRC-32 of the weights, at 28 GB/s)")
     print(f"pyfile verify      {verify:.2f} s ({verify_gib:.2f} GiB/s) for the first size")

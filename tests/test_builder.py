@@ -176,3 +176,41 @@ def test_zip64_for_a_model_over_4_gib(tmp_path):
         assert arch.manifest_entry("big.gguf")["size"] == m.size
     r = pyfile_cli("inspect", str(out), "--json")
     assert json.loads(r.stdout)["models"]["big.gguf"]["tensor_count"] == 4
+
+
+@pytest.mark.parametrize("sha256", [False, True])
+def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sha256):
+    """The kernel cannot copy from tmpfs to the test folder's filesystem (EXDEV): the weights
+    then go through Python buffers, and the file is byte for byte the one the kernel's
+    copy makes, with the same digests."""
+    from pyfile import builder, zipwriter
+    shm = "/dev/shm"
+    assert os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "needs tmpfs at /dev/shm"
+    big = 24 << 20  # several kernel steps and Python buffers
+    local = write_tiny(str(tmp_path / "m.gguf"), big_tensor=big, seed=3)
+    elsewhere = os.path.join(shm, f"pyfile-test-{os.getpid()}-{sha256}")
+    os.makedirs(elsewhere)
+    try:
+        remote = os.path.join(elsewhere, "m.gguf")
+        with open(local, "rb") as f, open(remote, "wb") as g:
+            g.write(f.read())
+        used = []
+        real = zipwriter._user_copy
+        monkeypatch.setattr(zipwriter, "_user_copy",
+                            lambda *a: used.append(a[4]) or real(*a))
+        opts = builder.RuntimeOptions(slim=True)
+        kernel = builder.build(local, str(tmp_path / "k.pyfile"), runtime=opts,
+                               gpu_variants=False, sha256=sha256)
+        assert used == []  # same filesystem: the kernel copied
+        python = builder.build(remote, str(tmp_path / "p.pyfile"), runtime=opts,
+                               gpu_variants=False, sha256=sha256)
+        assert used == [os.path.getsize(local)]  # across filesystems: Python did
+    finally:
+        import shutil
+        shutil.rmtree(elsewhere)
+    assert (tmp_path / "k.pyfile").read_bytes() == (tmp_path / "p.pyfile").read_bytes()
+    model = [e for e in python.entries if e.name == "m.gguf"][0]
+    if sha256:
+        assert model.sha256 == hashlib.sha256(open(local, "rb").read()).hexdigest()
+    r = pyfile_cli("verify", str(tmp_path / "p.pyfile"))
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr

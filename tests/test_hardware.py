@@ -204,11 +204,14 @@ def test_plan_passes_through_detection_problem():
 # -- the registry ---------------------------------------------------------------------------
 
 def test_registry_drives_options_builder_and_order():
-    from pyfile import builder
+    from pyfile import variants
     from pyfile.runtime import options
+    from pyfile.runtime.errors import UsageError
     assert [b.kind for b in backends.BACKENDS] == ["cuda", "rocm", "vulkan"]  # --gpu auto order
-    assert builder.VARIANT_KINDS == {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so",
-                                     "vulkan": "libggml-vulkan.so"}
+    assert backends.LIB_OF == {"cuda": "libggml-cuda.so", "rocm": "libggml-hip.so",
+                               "vulkan": "libggml-vulkan.so"}
+    with pytest.raises(UsageError, match="KIND one of cuda, rocm, vulkan$"):
+        variants.read_specs(["metal=/nowhere"])  # what `pyfile build --backend` accepts
     for b in backends.BACKENDS:
         for name in (b.gpu, b.kind, *b.aliases):
             assert options.parse(["--gpu", name]).gpu == b.gpu

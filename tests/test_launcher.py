@@ -156,6 +156,7 @@ def test_bytecode_used_only_when_it_matches(tmp_path, tiny_gguf, monkeypatch, st
     nothing then. Bytecode whose source hash does not match its module (as for another
     Python, whose magic number differs) is ignored and the source compiled."""
     from pyfile import builder, stub
+    monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path / "cache"))  # bytecode made afresh
     if stale:
         made = stub.bytecode
         monkeypatch.setattr(stub, "bytecode", lambda files: [

@@ -42,3 +42,38 @@ def test_missing_vulkan_is_one_note_and_skip_wins(tmp_path):
 def test_default_folder_follows_xdg_cache_home(tmp_path):
     assert variants.variants_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(
         tmp_path / "pyfile-dev" / "variants")
+
+
+def test_a_rewritten_library_is_packed_anew(tmp_path, monkeypatch):
+    """A variant library's digests and deflate stream are reused from the build cache only
+    while the file is the same one: rewritten in place with the same size and modification
+    time, the next build packs (and records) the new bytes."""
+    import hashlib
+    import os
+
+    from conftest import pyfile_cli
+    from ggufgen import write_tiny
+    from pyfile.runtime.archive import Archive
+
+    monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path / "cache"))
+    model = write_tiny(str(tmp_path / "m.gguf"))
+    folder = publish(tmp_path / "variants", "vulkan", "libggml-vulkan.so")
+    lib = folder / "libggml-vulkan.so"
+    packed: list = []
+    for content in (os.urandom(1 << 20), os.urandom(1 << 20)):
+        st = lib.stat()
+        lib.write_bytes(content)
+        os.utime(lib, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+        out = tmp_path / f"{len(packed)}.pyfile"
+        r = pyfile_cli("build", model, "-o", str(out), "--slim", "--no-gpu-variants",
+                       "--backend", f"vulkan={folder}")
+        assert r.returncode == 0, r.stderr
+        with Archive.open(str(out)) as arch:
+            name = ".pyfile/variants/vulkan/libggml-vulkan.so"
+            assert arch.read(name) == content
+            assert arch.manifest_entry(name)["sha256"] == hashlib.sha256(content).hexdigest()
+            assert arch.verify() == []
+        packed.append(content)
+    kept = os.listdir(tmp_path / "cache" / "objects")  # two digests, two deflate streams
+    assert sorted(n.rsplit(".", 1)[1] for n in kept if not n.endswith((".marshal", ".runtime"))
+                  ) == ["deflate6", "deflate6", "digests", "digests"]

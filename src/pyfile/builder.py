@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import __version__, gguf, stub
 from .atomic import atomic_output
 from .runtime import argsfile
 from .runtime.archive import ARGS_NAME, LOCAL_SIG
-from .runtime.backends import LIB_OF
 from .runtime.engine import ENGINE_VERSION, GGUF_MAGIC
 from .runtime.manifest import MANIFEST_NAME, Manifest
-from .variants import VariantDir, published, read_specs
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
+
+if TYPE_CHECKING:  # the variants' module is imported when a build gets to them
+    from .variants import VariantDir
 
 #: 64 KiB: a page on every system (4, 16 and 64 KiB pages), and it makes the kernel's copy of
 #: the weights a third faster here (source and output offsets congruent modulo the page
@@ -30,8 +28,6 @@ MIN_ALIGN = 32  # llama.cpp needs the GGUF data 32-byte aligned in the file to m
 MAX_ALIGN = 1 << 20
 
 Progress = Optional[Callable[[int], None]]
-#: GPU variants that can be packed, and the library each must contain (the runtime's registry).
-VARIANT_KINDS = LIB_OF
 
 
 @dataclass
@@ -71,8 +67,8 @@ def check_align(align: int) -> int:
     return align
 
 
-def runtime_files() -> List[Tuple[str, bytes]]:
-    """The pure-Python runtime that travels inside every pyfile, as (member, bytes)."""
+def runtime_sources() -> List[Tuple[str, bytes]]:
+    """The pure-Python runtime that travels inside every pyfile, as (member, source)."""
     import pyfile
     root = os.path.dirname(os.path.abspath(pyfile.__file__))
     out = [("pyfile/__init__.py", _read(os.path.join(root, "__init__.py")))]
@@ -81,7 +77,52 @@ def runtime_files() -> List[Tuple[str, bytes]]:
         full = os.path.join(rt, name)
         if os.path.isfile(full) and not name.startswith("."):
             out.append((f"pyfile/runtime/{name}", _read(full)))
-    return out + stub.bytecode(out)
+    return out
+
+
+def runtime_files() -> List[Tuple[str, bytes]]:
+    """The runtime's sources and their bytecode for this interpreter, as (member, bytes)."""
+    sources = runtime_sources()
+    return sources + stub.bytecode(sources)
+
+
+#: A runtime member ready to write: (name, size, CRC-32, SHA-256, stored bytes or None,
+#: raw deflate stream or None).
+Prepared = Tuple[str, int, int, str, Optional[bytes], Optional[bytes]]
+
+
+def runtime_members() -> List[Prepared]:
+    """:func:`runtime_files` with their digests and deflate streams, kept in the build cache
+    as one object keyed by the sources and the interpreter's bytecode version: a warm build
+    reads the sources and one file instead of hashing, compressing and loading ~60 members
+    (20-30 ms, all of it while the weights are being copied on the other core)."""
+    import hashlib
+    import marshal
+    import zlib
+    from importlib.util import MAGIC_NUMBER
+    from . import buildcache
+    from .runtime.archive import crc32
+
+    sources = runtime_sources()
+    h = hashlib.sha256(MAGIC_NUMBER + f"{stub.MARSHAL_VERSION}|deflate6".encode())
+    for name, data in sources:
+        h.update(b"\0%s\0%d\0" % (name.encode(), len(data)) + data)
+
+    def make() -> bytes:
+        out = []
+        for name, data in sources + stub.bytecode(sources):
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            deflated = c.compress(data) + c.flush()
+            small = len(deflated) >= len(data) or len(data) <= 64
+            out.append((name, len(data), crc32(data), hashlib.sha256(data).hexdigest(),
+                        data if small else None, None if small else deflated))
+        return marshal.dumps(out)
+
+    key = f"{h.hexdigest()}.runtime"
+    try:
+        return [tuple(m) for m in marshal.loads(buildcache.remembered(key, make))]
+    except (ValueError, EOFError, TypeError):  # a damaged cache entry: make it again
+        return [tuple(m) for m in marshal.loads(make())]
 
 
 def _read(path: str) -> bytes:
@@ -142,6 +183,8 @@ def _zip_source(path: str, workdir: str) -> Iterator[Source]:
             src.info = gguf.read(path, m.offset, m.size)
             yield src
             return
+        import shutil
+        import tempfile
         fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".pyfile-extract-", suffix=".gguf")
         try:
             with os.fdopen(fd, "wb") as out, zf.open(info) as member:
@@ -183,12 +226,15 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           on_start: Optional[Callable[[int], None]] = None,
           backends: List[str] = (), runtime: Optional[RuntimeOptions] = None,
           sha256: bool = False, gpu_variants: bool = True) -> BuildResult:
-    """Write ``output``: stub, ``__main__.py``, ``.args``, runtime, model, extras, manifest.
+    """Write ``output``: stub, model, extras, ``__main__.py``, ``.args``, runtime sources,
+    GPU variants, runtime bundle, manifest.
 
     GPU variants: those given as ``backends`` (``KIND=DIR``) and, unless ``gpu_variants``
-    is False, every published one (:mod:`pyfile.variants`). Everything is validated before
-    the first byte is written; ``on_start`` receives the number of bytes that will be
-    copied (for a progress bar). Every member gets a CRC-32
+    is False, every published one (:mod:`pyfile.variants`). The inputs and options are
+    checked before the output is opened; the weights are copied by the kernel in the
+    background from then on, while the runtime and variants are prepared and written after
+    them (the output is a temp file until everything succeeded). ``on_start`` receives the
+    number of bytes that will be copied (for a progress bar). Every member gets a CRC-32
     (the zip's own check); every member but the model and extra files also a SHA-256 in
     the manifest, and those too with ``sha256`` (one more pass over the weights: SHA-256
     runs at 0.9 GB/s here, a third of the copy's speed).
@@ -197,10 +243,10 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
     check_align(align)
     argsfile.parse(args_text, env={})  # syntax check now, not at the user's first run
     epoch = source_date_epoch()
-    notes: List[str] = []
-    variants = read_specs(list(backends))
-    if gpu_variants:
-        variants.update(published(ENGINE_VERSION, list(variants), notes))
+    variants: Dict[str, VariantDir] = {}
+    if backends:
+        from .variants import read_specs
+        variants = read_specs(list(backends))
     from . import wheels
     pythons = wheels.parse_pythons(runtime.pythons)
     _check_output(output, [model, *extras])
@@ -217,89 +263,126 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         if dupes:
             raise UsageError(f"two inputs share the member name {sorted(dupes)[0]!r}; "
                              f"rename one of them")
-        # Read every small input now, so that an OSError inside atomic_output can only be
-        # about writing the output.
-        rt_bundle = None
-        if not runtime.slim:
-            from . import bundle, engines
-            engine = engines.find_engine(runtime.engine_wheel, runtime.allow_unportable_engine)
-            rt_bundle = bundle.assemble(engine, pythons, runtime.wheel_dir)
-            if not runtime.allow_unportable_engine:
-                bundle.check_targets(rt_bundle)
-        fixed = Fixed(stub.render(), stub.main_source(), runtime_files(), {
-            kind: [(lib, _read(os.path.join(v.folder, lib))) for lib in v.libs]
-            for kind, v in variants.items()}, rt_bundle)
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
-            entries = write_archive(f, sources, args_text, align, epoch, progress, variants,
-                                    fixed, sha256)
+            f.write(stub.render())
+            w = ZipWriter(f, epoch=epoch)
+            try:
+                notes = _write_members(w, sources, args_text, align, progress, variants,
+                                       runtime, pythons, gpu_variants, sha256)
+            except BaseException:
+                w.abort()
+                raise
             size = f.tell()
-    return BuildResult(output, size, entries, notes)
+    return BuildResult(output, size, w.entries, notes)
 
 
-def _deflated(data: bytes, level: int = 6) -> bytes:
-    """Raw deflate of a GPU variant library, kept in the build cache by content: a 29 MB
-    Vulkan library takes 1.5 s to deflate, and every build packs the same one."""
-    import hashlib
-    import zlib
-    from . import buildcache
+def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: int,
+                   progress: Progress, variants: Dict[str, VariantDir],
+                   runtime: RuntimeOptions, pythons: List[str], gpu_variants: bool,
+                   sha256: bool) -> List[str]:
+    """Every member and the central directory; the notes for the user.
 
-    def make() -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15)
-        return c.compress(data) + c.flush()
-
-    return buildcache.remembered(f"{hashlib.sha256(data).hexdigest()}.deflate{level}", make)
-
-
-@dataclass
-class Fixed:
-    """The small inputs of a build, read before the output is opened."""
-
-    stub: bytes
-    main: bytes
-    runtime: List[Tuple[str, bytes]]
-    variant_libs: Dict[str, List[Tuple[str, bytes]]]
-    bundle: Any = None  # pyfile.bundle.Bundle, or None for a slim file
-
-
-def write_archive(f: BinaryIO, sources: List[Source], args_text: str, align: int,
-                  epoch: Optional[int], progress: Progress,
-                  variants: Dict[str, VariantDir], fixed: Fixed,
-                  sha256: bool = False) -> List[Entry]:
-    f.write(fixed.stub)
-    w = ZipWriter(f, epoch=epoch)
-    man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=epoch,
-                   engine=fixed.bundle.engine if fixed.bundle is not None else None)
-    man.add_member(w.add_bytes("__main__.py", fixed.main), "main")
-    man.add_member(w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False), "args")
-    for name, data in fixed.runtime:
-        man.add_member(w.add_bytes(name, data), "runtime")
+    The weights come first, right after the stub, and are copied in the background: the
+    kernel copy (the bulk of a build) starts before anything else is prepared, and
+    everything else is written after the weights meanwhile. (The kernel serialises writes
+    to one file, so the runtime bundle's copy queues behind the weights'.)"""
+    kinds: Dict[str, Tuple[str, int]] = {}  # member -> (manifest kind, alignment)
     for src in sources:
-        with open(src.file, "rb") as inp:
-            inp.seek(src.offset)
-            entry = w.add_stream(src.name, inp, src.size, align=align, progress=progress,
-                                 origin=src.path, sha256=sha256)
-        man.add_member(entry, "model" if src.info is not None else "file", align)
-        if src.info is not None:
-            man.models[src.name] = src.info.summary()
+        w.start_stream(src.name, src.file, src.offset, src.size, align=align,
+                       progress=progress, origin=src.path, sha256=sha256)
+        kinds[src.name] = ("model" if src.info is not None else "file", align)
+    w.add_bytes("__main__.py", stub.main_source())
+    w.add_bytes(ARGS_NAME, args_text.encode("utf-8"), compress=False)
+    kinds.update({"__main__.py": ("main", 1), ARGS_NAME: ("args", 1)})
+
+    notes: List[str] = []
+    if gpu_variants:
+        from .variants import published
+        variants = {**published(ENGINE_VERSION, list(variants), notes), **variants}
+    rt_bundle = None
+    if not runtime.slim:
+        from . import bundle, engines
+        engine = engines.find_engine(runtime.engine_wheel, runtime.allow_unportable_engine)
+        rt_bundle = bundle.assemble(engine, pythons, runtime.wheel_dir)
+        if not runtime.allow_unportable_engine:
+            bundle.check_targets(rt_bundle)
+    for name, size, crc, digest, data, deflated in runtime_members():
+        w.add_prepared(name, data, size, crc, digest, deflated)
+        kinds[name] = ("runtime", 1)
+    variant_records = {}
     for kind, v in sorted(variants.items()):
         members = []
-        for lib, data in fixed.variant_libs[kind]:
+        for lib in v.libs:
             name = f".pyfile/variants/{kind}/{lib}"
-            man.add_member(w.add_bytes(name, data, level=6, deflated=_deflated(data)),
-                           "variant")
+            size, crc, digest, deflated = _library(os.path.join(v.folder, lib))
+            w.add_prepared(name, None, size, crc, digest, deflated)
+            kinds[name] = ("variant", 1)
             members.append(name)
-        man.variants[kind] = {"members": members, "requires": v.requires}
-    if fixed.bundle is not None:
-        b = fixed.bundle
-        with open(b.path, "rb") as inp:  # its SHA-256 is known: only the CRC-32 is taken
-            entry = w.add_stream(b.member, inp, os.path.getsize(b.path), align=64,
-                                 sha256=not b.sha256)
-        man.add_member(dataclasses.replace(entry, sha256=b.sha256 or entry.sha256),
-                       "runtime-bundle", 64)
-        man.runtimes = [t.record() for t in b.targets]
+        variant_records[kind] = {"members": members, "requires": v.requires}
+    if rt_bundle is not None:
+        # At a 64 KiB boundary like the weights: the kernel copies it twice as fast.
+        w.start_stream(rt_bundle.member, rt_bundle.path, 0, os.path.getsize(rt_bundle.path),
+                       align=DEFAULT_ALIGN, sha256=not rt_bundle.sha256)  # known: not redone
+        kinds[rt_bundle.member] = ("runtime-bundle", DEFAULT_ALIGN)
+
+    man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=w.epoch,
+                   engine=rt_bundle.engine if rt_bundle is not None else None)
+    for entry in w.wait():  # the weights' copies end here
+        kind, member_align = kinds[entry.name]
+        if kind == "runtime-bundle" and rt_bundle.sha256:
+            entry.sha256 = rt_bundle.sha256
+        man.add_member(entry, kind, member_align)
+    for src in sources:
+        if src.info is not None:
+            man.models[src.name] = src.info.summary()
+    man.variants = variant_records
+    man.runtimes = [t.record() for t in rt_bundle.targets] if rt_bundle is not None else []
     man.default_model = sources[0].name
     w.add_bytes(MANIFEST_NAME, man.to_bytes())
     w.close()
-    return w.entries
+    return notes
+
+
+def _library(path: str) -> Tuple[int, int, str, bytes]:
+    """(size, CRC-32, SHA-256, raw deflate stream) of a GPU variant's library.
+
+    A 29 MB Vulkan library takes 50 ms to read and hash and 1.5 s to deflate, and every
+    build packs the same one: all four are kept in the build cache, the digests keyed by
+    the file's identity (device, inode, size, modification and change times: what git's
+    index trusts; any write or replacement changes the change time), the deflate stream by
+    the content's SHA-256."""
+    import hashlib
+    import json
+    import zlib
+    from . import buildcache
+    from .runtime.archive import crc32
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    ident = f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|" \
+            f"{st.st_mtime_ns}|{st.st_ctime_ns}"
+    data: Optional[bytes] = None
+
+    def content() -> bytes:
+        nonlocal data
+        if data is None:
+            data = _read(path)
+        return data
+
+    def digests() -> bytes:
+        return json.dumps({"size": len(content()), "crc32": crc32(content()),
+                           "sha256": hashlib.sha256(content()).hexdigest()}).encode()
+
+    key = hashlib.sha256(ident.encode()).hexdigest()
+    meta = json.loads(buildcache.remembered(f"{key}.digests", digests))
+
+    def deflate() -> bytes:
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return c.compress(content()) + c.flush()
+
+    deflated = buildcache.remembered(f"{meta['sha256']}.deflate6", deflate)
+    return meta["size"], meta["crc32"], meta["sha256"], deflated

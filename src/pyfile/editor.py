@@ -69,10 +69,8 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
                 for name, data in replace.items():
                     man.add_member(w.add_bytes(name, data, compress=False), "args")
                 for src in sources:
-                    with open(src.file, "rb") as inp:
-                        inp.seek(src.offset)
-                        entry = w.add_stream(src.name, inp, src.size, align=align,
-                                             progress=progress, origin=src.path)
+                    entry = w.add_stream(src.name, src.file, src.offset, src.size,
+                                         align=align, progress=progress, origin=src.path)
                     kind = "model" if src.info is not None else "file"
                     man.add_member(entry, kind, align)
                     if src.info is not None:

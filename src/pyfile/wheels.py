@@ -17,7 +17,6 @@ import glob
 import hashlib
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -111,6 +110,7 @@ def _download(python: str, names: Sequence[str], dest: str, find_links: Optional
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
         pins.write("\n".join([*PINS, f"numpy=={NUMPY[python]}"]) + "\n")
     try:
+        import subprocess
         proc = subprocess.run(cmd + ["-c", pins.name] + list(names), capture_output=True,
                               text=True)
     finally:

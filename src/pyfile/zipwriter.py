@@ -7,12 +7,14 @@ the ZIP64 extra as the only extra field (Python 3.13.0 rejects anything else), a
 ability to append members plus a new central directory to an existing archive without
 rewriting it. Offsets are always relative to the start of the file, so the stub in front
 is part of the archive's "preamble" and ``unzip -t``/``7z t`` see no extra bytes.
+
+``hashlib`` is imported where it is used: a build starts copying the weights before it
+hashes anything, and every millisecond before that start is on a 1 GiB build's clock.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import queue
@@ -92,9 +94,13 @@ class ZipWriter:
                  existing: Sequence[Entry] = ()) -> None:
         self.fp = fp
         self.pos = fp.tell()
+        self.epoch = epoch
         self.dos_time, self.dos_date = dos_datetime(epoch)
         self.entries: List[Entry] = list(existing)
         self._names = {e.name for e in self.entries}
+        self._copier: Optional[threading.Thread] = None  # started by the first start_stream
+        self._queue: "queue.SimpleQueue[Optional[_Pending]]" = queue.SimpleQueue()
+        self._stop = threading.Event()
 
     # -- members -----------------------------------------------------------------------
 
@@ -129,43 +135,136 @@ class ZipWriter:
         Level 6 by default: for the runtime's sources and bytecode it costs 10 ms per build
         where level 9 cost 42 ms, for 0.7% more bytes. ``deflated``: ``data`` already
         deflated (raw stream) by the caller, e.g. from a cache of earlier builds."""
-        crc = crc32(data)
-        method, payload = STORED, data
-        if compress and len(data) > 64:
-            if deflated is None:
-                c = zlib.compressobj(level, zlib.DEFLATED, -15)
-                deflated = c.compress(data) + c.flush()
-            if len(deflated) < len(data):
-                method, payload = DEFLATED, deflated
-        zip64 = len(data) >= U32_MAX
+        import hashlib
+        if compress and len(data) > 64 and deflated is None:
+            c = zlib.compressobj(level, zlib.DEFLATED, -15)
+            deflated = c.compress(data) + c.flush()
+        return self.add_prepared(name, data, len(data), crc32(data),
+                                 hashlib.sha256(data).hexdigest(),
+                                 deflated if compress else None, align=align, mode=mode)
+
+    def add_prepared(self, name: str, data: Optional[bytes], size: int, crc: int,
+                     sha256: str, deflated: Optional[bytes] = None, *, align: int = 1,
+                     mode: int = 0o644) -> Entry:
+        """Add a member whose digests the caller already has (from a cache).
+
+        ``data`` is the member's ``size`` bytes, or None when the caller holds only their raw
+        deflate stream ``deflated``; the deflate stream is written when it is smaller than
+        ``size`` or there is no ``data``, else ``data`` is stored."""
+        if deflated is not None and (data is None or len(deflated) < size):
+            method, payload = DEFLATED, deflated
+        elif data is not None:
+            method, payload = STORED, data
+        else:
+            raise ValueError(f"{name}: neither the bytes nor their deflate stream")
+        zip64 = size >= U32_MAX
         header_offset, data_offset, raw = self._begin(name, align, zip64)
-        self.fp.write(self._local_header(raw, method, crc, len(payload), len(data), zip64))
+        self.fp.write(self._local_header(raw, method, crc, len(payload), size, zip64))
         self.fp.write(payload)
-        entry = Entry(name, header_offset, data_offset, len(payload), len(data), crc, method,
-                      self.dos_time, self.dos_date, hashlib.sha256(data).hexdigest(), mode)
+        entry = Entry(name, header_offset, data_offset, len(payload), size, crc, method,
+                      self.dos_time, self.dos_date, sha256, mode)
         return self._done(entry)
 
-    def add_stream(self, name: str, src: BinaryIO, size: int, *, align: int = 4096,
+    def add_stream(self, name: str, path: str, offset: int, size: int, *, align: int = 4096,
                    progress: Optional[Callable[[int], None]] = None,
                    origin: str = "", sha256: bool = True) -> Entry:
-        """Copy ``size`` bytes from ``src`` (from its current position) as a stored member
-        whose data is ``align``-aligned.
+        """Copy ``size`` bytes of the file ``path`` from ``offset`` as a stored member whose
+        data is ``align``-aligned, in this thread.
 
         CRC-32 (and SHA-256 unless ``sha256`` is false: the entry's digest is then "") are
         computed while copying; the header's CRC is patched afterwards. An input that turns
         out shorter than ``size`` is an error.
         """
-        zip64 = size >= U32_MAX
-        header_offset, data_offset, raw = self._begin(name, align, zip64)
-        self.fp.write(self._local_header(raw, STORED, 0, size, size, zip64))
-        crc, digest = _copy_hashing(src, self.fp, size, progress, origin or name, sha256)
-        end = self.fp.tell()
-        self.fp.seek(header_offset + 14)
-        self.fp.write(struct.pack("<I", crc))
-        self.fp.seek(end)
-        entry = Entry(name, header_offset, data_offset, size, size, crc, STORED,
-                      self.dos_time, self.dos_date, digest)
-        return self._done(entry)
+        pending = self._stream(name, path, offset, size, align, progress, origin, sha256)
+        try:
+            pending.run()
+        finally:
+            os.close(pending.in_fd)
+        return self._resolve(pending)
+
+    def start_stream(self, name: str, path: str, offset: int, size: int, *,
+                     align: int = 4096, progress: Optional[Callable[[int], None]] = None,
+                     origin: str = "", sha256: bool = True) -> None:
+        """:meth:`add_stream`, in a background thread: the member's place in the file is
+        fixed now and the next member goes after it while the bytes are being copied.
+
+        Members started this way are copied one after another, in order, by one thread.
+        :meth:`wait` finishes them (and raises what went wrong); :meth:`abort` stops them."""
+        pending = self._stream(name, path, offset, size, align, progress, origin, sha256)
+        pending.done = threading.Event()
+        self._queue.put(pending)
+        if self._copier is None:
+            self._copier = threading.Thread(target=self._copy_queued, name="pyfile-copy",
+                                            daemon=True)
+            self._copier.start()
+
+    def _copy_queued(self) -> None:
+        while True:
+            pending = self._queue.get()
+            if pending is None:
+                return
+            try:
+                if self._stop.is_set():
+                    raise _Stopped()
+                pending.run()
+            except BaseException as e:  # raised again by wait()
+                pending.error = e
+            finally:
+                os.close(pending.in_fd)
+                pending.done.set()
+
+    def _stream(self, name: str, path: str, offset: int, size: int, align: int,
+                progress: Optional[Callable[[int], None]], origin: str,
+                sha256: bool) -> "_Pending":
+        origin = origin or name
+        try:
+            in_fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise InputError(f"{origin}: cannot read: {e.strerror or e}") from None
+        try:
+            zip64 = size >= U32_MAX
+            header_offset, data_offset, raw = self._begin(name, align, zip64)
+            self.fp.write(self._local_header(raw, STORED, 0, size, size, zip64))
+            self.fp.flush()  # the copy writes beside this buffered writer, by offset
+        except BaseException:
+            os.close(in_fd)
+            raise
+        pending = _Pending(name, header_offset, data_offset, size, in_fd, offset,
+                           self.fp.fileno(), progress, origin, sha256, self._stop)
+        self.entries.append(pending)  # type: ignore[arg-type]  # resolved by wait()
+        self._names.add(name)
+        self.pos = data_offset + size
+        self.fp.seek(self.pos)
+        return pending
+
+    def _resolve(self, pending: "_Pending") -> Entry:
+        entry = Entry(pending.name, pending.header_offset, pending.data_offset, pending.size,
+                      pending.size, pending.crc, STORED, self.dos_time, self.dos_date,
+                      pending.digest)
+        self.entries[self.entries.index(pending)] = entry  # type: ignore[arg-type]
+        return entry
+
+    def wait(self) -> List[Entry]:
+        """Finish the members started with :meth:`start_stream`; every entry, in file order."""
+        for e in list(self.entries):
+            if isinstance(e, _Pending):
+                if e.done is not None:
+                    e.done.wait()
+                    if e.error is not None:
+                        raise e.error
+                self._resolve(e)
+        return self.entries
+
+    def abort(self) -> None:
+        """Stop background copies at their next step (the output is about to be removed)."""
+        self._stop.set()
+        self._end_copier()
+
+    def _end_copier(self) -> None:
+        if self._copier is not None:
+            self._queue.put(None)
+            self._copier.join()
+            self._copier = None
 
     def _done(self, entry: Entry) -> Entry:
         self.pos = self.fp.tell()
@@ -177,6 +276,8 @@ class ZipWriter:
 
     def close(self) -> int:
         """Write the central directory and end records; return the archive's end offset."""
+        self.wait()
+        self._end_copier()
         cd_offset = self.pos
         for e in self.entries:
             self.fp.write(_central_record(e))
@@ -196,31 +297,45 @@ class ZipWriter:
         return self.pos
 
 
-def _copy_hashing(src: BinaryIO, dst: BinaryIO, size: int,
-                  progress: Optional[Callable[[int], None]], origin: str,
-                  sha256: bool = True) -> Tuple[int, str]:
-    """Copy ``size`` bytes from ``src`` to ``dst``; return (CRC-32, SHA-256 hex or "").
+class _Stopped(Exception):
+    """The build was abandoned while a member was being copied."""
 
-    Between two files the kernel copies (``copy_file_range``, as ``cp`` does: no byte
-    crosses into Python) while a thread hashes what has landed in the output, read back
-    from the page cache. Hashing the output rather than the input means the digests always
-    describe the bytes in the file, even if the input changes under us. Anything else (a
-    pipe, a kernel or filesystem without the call) is copied through Python buffers.
-    """
-    if size and hasattr(os, "copy_file_range"):
-        try:
-            in_fd, out_fd = src.fileno(), dst.fileno()
-        except (AttributeError, OSError, ValueError):
-            pass
-        else:
-            dst.flush()
-            result = _kernel_copy(in_fd, src.tell(), out_fd, dst.tell(), size, progress,
-                                  origin, sha256)
-            if result is not None:
-                src.seek(src.tell() + size)
-                dst.seek(dst.tell() + size)
-                return result
-    return _user_copy(src, dst, size, progress, origin, sha256)
+
+@dataclass(eq=False)
+class _Pending:
+    """A stored member whose place is fixed and whose bytes are (being) copied."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+    in_fd: int
+    in_offset: int
+    out_fd: int
+    progress: Optional[Callable[[int], None]]
+    origin: str
+    sha256: bool
+    stop: threading.Event
+    crc: int = 0
+    digest: str = ""
+    done: Optional[threading.Event] = None  # set by the copy thread (start_stream only)
+    error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        """Copy the bytes, hashing them, then patch the CRC into the local header (by
+        offset: the writer's buffered position is elsewhere)."""
+        args = (self.in_fd, self.in_offset, self.out_fd, self.data_offset, self.size,
+                self.progress, self.origin, self.sha256, self.stop)
+        result = _kernel_copy(*args) if self.size and hasattr(os, "copy_file_range") else None
+        self.crc, self.digest = result if result is not None else _user_copy(*args)
+        _pwrite_all(self.out_fd, struct.pack("<I", self.crc), self.header_offset + 14)
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class _OutputHasher:
@@ -231,6 +346,7 @@ class _OutputHasher:
     """
 
     def __init__(self, fd: int, start: int, sha256: bool = True) -> None:
+        import hashlib
         self.fd, self.pos = fd, start
         self.sha = hashlib.sha256() if sha256 else None
         self.crc = 0
@@ -288,14 +404,18 @@ class _OutputHasher:
 
 
 def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-                 progress: Optional[Callable[[int], None]], origin: str, sha256: bool = True
-                 ) -> Optional[Tuple[int, str]]:
-    """``copy_file_range`` in :data:`KERNEL_STEP` steps, hashed behind; None when the kernel
-    cannot copy between these files (nothing has been written then)."""
+                 progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
+                 stop: threading.Event) -> Optional[Tuple[int, str]]:
+    """``copy_file_range`` in :data:`KERNEL_STEP` steps (as ``cp`` does: no byte crosses into
+    Python), hashed behind by a thread that reads what has landed in the output from the
+    page cache: the digests describe the bytes in the file even if the input changes under
+    us. None when the kernel cannot copy between these files (nothing written then)."""
     hasher: Optional[_OutputHasher] = None
     done = 0
     try:
         while done < size:
+            if stop.is_set():
+                raise _Stopped()
             try:
                 n = os.copy_file_range(in_fd, out_fd, min(KERNEL_STEP, size - done),
                                        in_off + done, out_off + done)
@@ -323,42 +443,47 @@ def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
             hasher.abandon()
 
 
-def _user_copy(src: BinaryIO, dst: BinaryIO, size: int,
-               progress: Optional[Callable[[int], None]], origin: str,
-               sha256: bool = True) -> Tuple[int, str]:
-    """Copy through Python buffers, computing CRC-32 and SHA-256 in the same pass.
+def _user_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
+               progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
+               stop: threading.Event) -> Tuple[int, str]:
+    """Copy through Python buffers (the kernel cannot copy between these files: another
+    filesystem, an old kernel), computing CRC-32 and SHA-256 in the same pass.
 
     Three stages overlap on a ring of buffers: this thread reads, one thread hashes with
     SHA-256, another computes CRC-32 and writes. All three release the GIL on large
     buffers, so the copy costs about one SHA-256 pass.
     """
+    import hashlib
     from concurrent.futures import ThreadPoolExecutor
     sha = hashlib.sha256()
     crc = 0
     ring = [memoryview(bytearray(CHUNK * 4)) for _ in range(3)]
     pending: List[Any] = [None] * len(ring)
 
-    def crc_write(chunk: memoryview) -> None:
+    def crc_write(chunk: memoryview, at: int) -> None:
         nonlocal crc
         crc = crc32(chunk, crc)
-        dst.write(chunk)
+        _pwrite_all(out_fd, chunk, at)
 
-    left, i = size, 0
+    done, i = 0, 0
     with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
         try:
-            while left:
+            while done < size:
+                if stop.is_set():
+                    raise _Stopped()
                 slot = i % len(ring)
                 if pending[slot] is not None:
                     for f in pending[slot]:
                         f.result()
-                n = src.readinto(ring[slot][:min(len(ring[slot]), left)])
+                n = os.preadv(in_fd, [ring[slot][:min(len(ring[slot]), size - done)]],
+                              in_off + done)
                 if not n:
                     raise InputError(f"{origin}: input shrank while being read "
-                                     f"({size - left} of {size} bytes)")
+                                     f"({done} of {size} bytes)")
                 chunk = ring[slot][:n]
                 pending[slot] = ((hasher.submit(sha.update, chunk),) if sha256 else ()) + (
-                    writer.submit(crc_write, chunk),)
-                left -= n
+                    writer.submit(crc_write, chunk, out_off + done),)
+                done += n
                 i += 1
                 if progress:
                     progress(n)
