@@ -66,14 +66,21 @@ class Engine:
     version: str = ""
     identity: str = ""  # changes whenever the files do (a wheel: path, size, mtime)
     checked: Optional[Dict[str, object]] = None  # problems and glibc, remembered per identity
+    paths: Dict[str, str] = field(default_factory=dict)  # installed: path inside -> on disk
 
     def libraries(self) -> List[str]:
         return sorted(p for p in self.load().files if LIB_NAME.search(p))
 
     def load(self) -> "Engine":
-        """Read the files now if they were left unread (a wheel whose check was cached)."""
+        """Read the files now if they were left unread (a wheel or an installed package
+        whose check was remembered: a warm build never reads their ~100 MB)."""
         if not self.files and self.origin.endswith(".whl"):
-            self.files = from_wheel(self.origin).files
+            wheel = from_wheel(self.origin)
+            self.files, self.version = wheel.files, self.version or wheel.version
+        elif not self.files and self.paths:
+            for rel, full in self.paths.items():
+                with open(full, "rb") as fh:
+                    self.files[rel] = fh.read()
         return self
 
 
@@ -108,36 +115,54 @@ def from_wheel(path: str) -> Engine:
 
 
 def installed() -> Optional[Engine]:
-    """The llama-cpp-python of this environment, or None."""
+    """The llama-cpp-python of this environment, or None. Its files are listed, not read:
+    their paths, sizes and times are its identity, by which its check is remembered."""
     from importlib import metadata
     try:
         dist = metadata.distribution("llama-cpp-python")
     except metadata.PackageNotFoundError:
         return None
     eng = Engine("", version=dist.version)
+    identity = hashlib.sha256(b"installed")
     for f in dist.files or []:
         rel = str(f).replace(os.sep, "/")
-        if rel.endswith(".dist-info/METADATA"):
-            eng.files[rel] = (dist.read_text("METADATA") or "").encode("utf-8")
-            continue
-        if not ENGINE_FILE.match(rel) or "__pycache__" in rel:
+        if not rel.endswith(".dist-info/METADATA") and (
+                not ENGINE_FILE.match(rel) or "__pycache__" in rel):
             continue
         full = str(dist.locate_file(f))
-        if os.path.isfile(full):
-            with open(full, "rb") as fh:
-                eng.files[rel] = fh.read()
-            eng.origin = eng.origin or full.split("llama_cpp/")[0] + "llama_cpp"
-    return eng if eng.files else None
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue
+        eng.paths[rel] = full
+        identity.update(f"{rel}|{full}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n"
+                        .encode())
+    if not any(ENGINE_FILE.match(rel) for rel in eng.paths):
+        return None
+    eng.origin = str(dist.locate_file("llama_cpp"))
+    eng.identity = f"installed:{identity.hexdigest()}"
+    eng.checked = _remembered_check(eng)
+    return eng
 
 
 def problems(eng: Engine) -> List[str]:
     """Why ``eng`` would not run on every x86-64 CPU with glibc >= 2.31 (empty: portable)."""
+    return list(_check(eng)["problems"])  # type: ignore[call-overload]
+
+
+def glibc_floor(eng: Engine) -> str:
+    """The newest GLIBC version any library of ``eng`` needs, as text ("2.27")."""
+    return str(_check(eng)["glibc"])
+
+
+def _check(eng: Engine) -> Dict[str, object]:
+    """``eng.checked``: its problems and glibc floor, from one pass over its libraries."""
     if eng.checked is not None:
-        return list(eng.checked["problems"])  # type: ignore[call-overload]
+        return eng.checked
     out: List[str] = []
+    libs = eng.libraries()  # reads the files (and a wheel's version) if they were not
     if eng.version and eng.version != ENGINE_VERSION:
         out.append(f"it is llama-cpp-python {eng.version}, pyfile needs {ENGINE_VERSION}")
-    libs = eng.libraries()
     if not any(CPU_VARIANT.search(p) for p in libs):
         out.append("it is a native build without CPU variants (libggml-cpu-*.so), so it "
                    "dies with SIGILL on CPUs unlike the builder's")
@@ -160,22 +185,32 @@ def problems(eng: Engine) -> List[str]:
             out.append(f"{lib} needs {prefix}_{elf.version_text(v)}, newer than "
                        f"{'glibc' if prefix == 'GLIBC' else 'libstdc++'} "
                        f"{elf.version_text(floor)} of Debian 11")
-    return out
+    glibc = elf.version_text(worst["GLIBC"][0]) if "GLIBC" in worst else "2.17"
+    eng.checked = {"version": eng.version, "problems": out, "glibc": glibc}
+    return eng.checked
 
 
-def glibc_floor(eng: Engine) -> str:
-    """The newest GLIBC version any library of ``eng`` needs, as text ("2.27")."""
-    if eng.checked is not None:
-        return str(eng.checked["glibc"])
-    best: Optional[Tuple[int, ...]] = None
-    for rel in eng.libraries():
-        try:
-            v = elf.read_needs(eng.files[rel]).newest("GLIBC")
-        except elf.ELFError:
-            continue
-        if v and (best is None or v > best):
-            best = v
-    return elf.version_text(best) if best else "2.17"
+def _remembered_check(eng: Engine) -> Dict[str, object]:
+    """:func:`_check` of ``eng``, kept in the build cache by ``eng.identity``."""
+    import json
+    memo = os.path.join(engines_dir(), "checks",
+                        hashlib.sha256(eng.identity.encode()).hexdigest()[:24] + ".json")
+    try:
+        with open(memo, encoding="utf-8") as f:
+            checked = json.load(f)
+        if isinstance(checked.get("problems"), list) and "glibc" in checked:
+            return checked
+    except (OSError, ValueError, AttributeError):
+        pass
+    checked = _check(eng)
+    try:
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        with open(memo + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(checked, f)
+        os.replace(memo + ".tmp", memo)
+    except OSError:
+        pass
+    return checked
 
 
 # -- choosing the engine for a build -------------------------------------------------------
@@ -222,31 +257,13 @@ def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False) -> 
 def _checked_wheel(path: str) -> Engine:
     """The engine in wheel ``path``; its portability check is remembered in the build cache
     by the wheel's identity, so later builds neither read nor parse its 100 MB of files."""
-    import json
     try:
         st = os.stat(path)
     except OSError as e:
         raise InputError(f"--engine {path}: cannot read: {e.strerror or e}") from None
-    identity = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-    memo = os.path.join(engines_dir(), "checks",
-                        hashlib.sha256(identity.encode()).hexdigest()[:24] + ".json")
-    try:
-        with open(memo, encoding="utf-8") as f:
-            checked = json.load(f)
-        return Engine(path, {}, str(checked["version"]), identity, checked)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    eng = from_wheel(path)
-    eng.identity = identity
-    checked = {"version": eng.version, "problems": problems(eng), "glibc": glibc_floor(eng)}
-    try:
-        os.makedirs(os.path.dirname(memo), exist_ok=True)
-        with open(memo + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(checked, f)
-        os.replace(memo + ".tmp", memo)
-    except OSError:
-        pass
-    eng.checked = checked
+    eng = Engine(path, identity=f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}")
+    eng.checked = _remembered_check(eng)  # reads the wheel only when not remembered
+    eng.version = str(eng.checked.get("version") or "")
     return eng
 
 
