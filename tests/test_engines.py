@@ -112,3 +112,23 @@ def test_manifest_round_trip_and_damage():
             Manifest.parse(raw, "x")
     with pytest.raises(ArchiveError, match="newer pyfile"):
         Manifest.parse(b'{"format": 99, "members": []}', "x")
+
+
+def test_installed_engine_is_checked_once_and_read_only_when_packed(tmp_path, monkeypatch):
+    """The llama-cpp-python of this venv (installed by `make setup` from the portable wheel):
+    listed by its files' identity, its check made once and then remembered, its ~100 MB read
+    only when a runtime bundle must be assembled from it."""
+    import os
+    monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path))
+    first = engines.installed()
+    assert first is not None and first.version == "0.3.36"
+    assert first.checked is not None and first.checked["problems"] == []
+    assert first.checked["glibc"] == "2.27"
+    memos = os.listdir(tmp_path / "engines" / "checks")
+    assert len(memos) == 1
+    second = engines.installed()
+    assert second.identity == first.identity and second.checked == first.checked
+    assert second.files == {}  # remembered: nothing read
+    lib = next(rel for rel in second.paths if rel.endswith("lib/libllama.so"))
+    with open(second.paths[lib], "rb") as f:
+        assert second.load().files[lib] == f.read()
