@@ -214,3 +214,24 @@ def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sh
         assert model.sha256 == hashlib.sha256(open(local, "rb").read()).hexdigest()
     r = pyfile_cli("verify", str(tmp_path / "p.pyfile"))
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def test_preallocate_gives_blocks_and_reports_a_full_disk(tmp_path):
+    """The copy's destination gets its blocks up front (where the filesystem can: here),
+    and a write that cannot fit is an OSError before any byte is copied."""
+    import resource
+    from pyfile.zipwriter import preallocate
+    path = tmp_path / "f"
+    with open(path, "wb") as f:
+        preallocate(f.fileno(), 65536, 8 << 20)
+        st = os.fstat(f.fileno())
+    assert st.st_size == 65536 + (8 << 20)
+    assert st.st_blocks * 512 >= 8 << 20  # allocated, not a hole
+    code = ("import resource, sys; from pyfile.zipwriter import preallocate\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+            "f = open(sys.argv[1], 'wb')\n"
+            "try:\n    preallocate(f.fileno(), 0, 8 << 20)\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    r = subprocess.run([__import__("sys").executable, "-c", code, str(tmp_path / "g")],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == str(__import__("errno").EFBIG), r.stderr
