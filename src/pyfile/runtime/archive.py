@@ -233,14 +233,7 @@ class Archive:
                 want_sha: bool = True) -> "tuple[int, str]":
         """CRC-32 and (if ``want_sha``) SHA-256 hex of a member's data."""
         import hashlib  # loads OpenSSL: only runs that verify pay for it
-
-        class _NoSha:
-            def update(self, data: Any) -> None:
-                pass
-
-            def hexdigest(self) -> str:
-                return ""
-        crc, sha = 0, (hashlib.sha256() if want_sha else _NoSha())
+        crc, sha = 0, (hashlib.sha256() if want_sha else None)
         try:
             if m.stored:
                 buf = memoryview(bytearray(CHUNK))
@@ -251,7 +244,8 @@ class Archive:
                         break
                     chunk = buf[:n]
                     crc = crc32(chunk, crc)
-                    sha.update(chunk)
+                    if sha is not None:
+                        sha.update(chunk)
                     pos += n
                     left -= n
                     if progress:
@@ -262,12 +256,13 @@ class Archive:
                 raw = self.fp.read(m.compressed_size)
                 chunk = data.decompress(raw, m.size + 1)
                 crc = crc32(chunk)
-                sha.update(chunk)
+                if sha is not None:
+                    sha.update(chunk)
                 if progress:
                     progress(m.size)
         except (OSError, zlib.error) as e:
             raise VerifyError(f"{self.path}: cannot read member {m.name!r}: {e}") from None
-        return crc, sha.hexdigest()
+        return crc, sha.hexdigest() if sha is not None else ""
 
     # -- lifetime ---------------------------------------------------------------------------
 
