@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml src/pyfile/engines.py scripts/build-variant.sh
 	  $(PY) -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
 	  $(PY) -m pip install --quiet "$$wheel"
 	@# The Vulkan variant `pyfile build` packs by default (cached like the engine, ~5 min once).
-	@PYTHON=$(PYTHON) scripts/build-variant.sh vulkan >/dev/null || \
+	@PYTHON=$(PY) scripts/build-variant.sh vulkan >/dev/null || \
 	  echo "pyfile: no Vulkan variant built (see above); pyfile build will say so" >&2
 	@touch $@
 

@@ -28,16 +28,20 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/pyfile-dev
 variants=${PYFILE_VARIANTS:-$cache/variants}
 tools="$cache/tools"
 jobs=${JOBS:-$(nproc)}
-py=${PYTHON:-python3}
-zig_version=0.17.1            # the engine's compiler (ZIG_VERSION in src/pyfile/engines.py)
+py=${PYTHON:-python3}          # a Python with pyfile installed (make setup passes the venv's)
 vk_deb=1.4.309.0-1            # Debian 13's Vulkan headers and loader (12's are too old)
 spirv_deb=1.6.1+1.4.309.0-1   # Debian 13's SPIR-V headers (ggml-vulkan's CMake wants them)
-glibc_max=2.31                # no library in a pyfile may need a newer GLIBC_ symbol (PROMISED_GLIBC)
 
 say() { echo "build-variant: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 case $kind in vulkan|cuda|rocm) ;; *) say "unknown kind $kind ($usage)"; exit 2 ;; esac
+
+# The engine's compiler and the glibc every pyfile promises come from pyfile itself (one
+# place for each), and so does the ELF reader that checks what a library needs.
+"$py" -c 'import pyfile.engines' 2>/dev/null || die "$py cannot import pyfile (set PYTHON)"
+zig_version=$("$py" -c 'from pyfile.engines import ZIG_VERSION; print(ZIG_VERSION)')
+glibc_max=$("$py" -c 'from pyfile.engines import PROMISED_GLIBC as v; print(".".join(map(str, v)))')
 
 mkdir -p "$cache/sdist" "$tools"
 src="$cache/sdist/llama_cpp_python-$version"
@@ -52,24 +56,11 @@ common="-DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU=OFF -DBUILD_SHARED_LIB
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
         -DCMAKE_SKIP_RPATH=ON"  # no build paths in the library: libggml-base is loaded already
 
-# zig from the package index, behind one-line wrappers CMake can take as compilers:
-# it links against glibc 2.28's symbols whatever the builder's glibc is.
+# zig from the package index, behind one-line wrappers CMake can take as compilers
+# (`pyfile engine toolchain`, the engine's own): it links against glibc 2.28's symbols
+# whatever the builder's glibc is.
 zig_tools() {
-    zdir="$tools/ziglang-$zig_version"
-    if [ ! -x "$zdir/bin/zig-cc" ]; then
-        say "installing ziglang $zig_version into $zdir"
-        rm -rf "$zdir.tmp"
-        "$py" -m pip install --quiet --no-deps --target "$zdir.tmp/py" "ziglang==$zig_version"
-        mkdir -p "$zdir.tmp/bin"
-        for pair in cc:"cc -target x86_64-linux-gnu.2.28" cxx:"c++ -target x86_64-linux-gnu.2.28" \
-                    ar:ar ranlib:ranlib; do
-            printf '#!/bin/sh\nexec "%s/py/ziglang/zig" %s "$@"\n' "$zdir" "${pair#*:}" \
-                > "$zdir.tmp/bin/zig-${pair%%:*}"
-            chmod +x "$zdir.tmp/bin/zig-${pair%%:*}"
-        done
-        rm -rf "$zdir"
-        mv "$zdir.tmp" "$zdir"
-    fi
+    zdir=$("$py" -m pyfile engine toolchain) || die "cannot set up zig (pyfile engine toolchain)"
 }
 
 # Debian 13's Vulkan headers, SPIR-V headers and loader (to link against), unpacked into a
@@ -104,8 +95,10 @@ vulkan_sdk() {
     glslc_version=$(glslc --version 2>/dev/null | head -n 1)
 }
 
-# The glibc symbol versions a library needs, newest last.
-newest_glibc() { objdump -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1; }
+# The newest GLIBC_ symbol version a library needs (pyfile's ELF reader).
+newest_glibc() {
+    "$py" -c 'import sys; from pyfile import elf; v = elf.read_file_needs(sys.argv[1]).newest("GLIBC"); print(elf.version_text(v) if v else "")' "$1"
+}
 
 case $kind in
 vulkan)
@@ -146,8 +139,8 @@ if [ ! -f "$done_dir/$lib" ]; then
         say "compiling the Vulkan variant (~5 min on 2 cores; log: $build.log)"
         # shellcheck disable=SC2086
         cmake -S "$llama" -B "$build" -G "Unix Makefiles" $flags \
-            "-DCMAKE_C_COMPILER=$zdir/bin/zig-cc" "-DCMAKE_CXX_COMPILER=$zdir/bin/zig-cxx" \
-            "-DCMAKE_AR=$zdir/bin/zig-ar" "-DCMAKE_RANLIB=$zdir/bin/zig-ranlib" \
+            "-DCMAKE_C_COMPILER=$zdir/zig-cc" "-DCMAKE_CXX_COMPILER=$zdir/zig-c++" \
+            "-DCMAKE_AR=$zdir/zig-ar" "-DCMAKE_RANLIB=$zdir/zig-ranlib" \
             "-DVulkan_INCLUDE_DIR=$vdir/usr/include" \
             "-DVulkan_LIBRARY=$vdir/usr/lib/x86_64-linux-gnu/libvulkan.so.1" \
             "-DCMAKE_PREFIX_PATH=$vdir/usr" \

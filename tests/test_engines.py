@@ -132,3 +132,23 @@ def test_installed_engine_is_checked_once_and_read_only_when_packed(tmp_path, mo
     lib = next(rel for rel in second.paths if rel.endswith("lib/libllama.so"))
     with open(second.paths[lib], "rb") as f:
         assert second.load().files[lib] == f.read()
+
+
+def test_toolchain_compiles_for_old_glibc(tmp_path):
+    """`pyfile engine toolchain`: the zig compilers the engine (and the Vulkan variant) are
+    built with. A library using pthread_create, which needs GLIBC_2.34 from the system's gcc
+    here, needs no GLIBC newer than the 2.28 target from them."""
+    import os
+    from conftest import pyfile_cli
+    r = pyfile_cli("engine", "toolchain", timeout=600)
+    assert r.returncode == 0, r.stderr
+    folder = r.stdout.strip()
+    assert sorted(os.listdir(folder)) == ["zig-ar", "zig-c++", "zig-cc", "zig-ranlib"]
+    src = tmp_path / "t.c"
+    src.write_text("#include <pthread.h>\nstatic void *g(void *a) { return a; }\n"
+                   "int f(void) { pthread_t t; return pthread_create(&t, 0, g, 0); }\n")
+    out = tmp_path / "t.so"
+    subprocess.run([os.path.join(folder, "zig-cc"), "-shared", "-fPIC", "-o", str(out),
+                    str(src)], check=True, capture_output=True)
+    newest = elf.read_file_needs(str(out)).newest("GLIBC")
+    assert newest is not None and newest <= (2, 28)

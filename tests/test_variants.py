@@ -1,33 +1,58 @@
 """Which published GPU variants a build packs by default (no engine or model needed)."""
 
 import json
+import subprocess
 
 from pyfile import variants
 
+#: C sources of stand-in libraries: one needing only old glibc symbols, one needing
+#: GLIBC_2.34 (pthread_create moved into libc then), newer than every pyfile promises.
+OLD_GLIBC = '#include <stdio.h>\nint f(void) { return puts("1"); }\n'
+NEW_GLIBC = ("#include <pthread.h>\nstatic void *g(void *a) { return a; }\n"
+             "int f(void) { pthread_t t; return pthread_create(&t, 0, g, 0); }\n")
 
-def publish(root, kind, lib, **meta):
+
+def compile_lib(path, code):
+    src = path.with_suffix(".c")
+    src.write_text(code)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(path), str(src)], check=True)
+    src.unlink()
+
+
+def publish(root, kind, lib, code=OLD_GLIBC, **meta):
     folder = root / kind
     folder.mkdir(parents=True)
-    (folder / lib).write_bytes(b"\x7fELF")
+    compile_lib(folder / lib, code)
     (folder / "variant.json").write_text(json.dumps(
         {"kind": kind, "engine": "llama-cpp-python 0.3.36", **meta}))
     return folder
 
 
-def test_published_variants_are_packed_and_checked(tmp_path):
+def test_published_variants_are_packed_and_checked(tmp_path, monkeypatch):
+    """A variant is left out when it is built for another engine, or when its library needs
+    a newer glibc than a pyfile promises: read from the library itself, whatever its
+    variant.json says; a file that is not a shared library is left out too."""
+    monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path / "cache"))
     publish(tmp_path, "vulkan", "libggml-vulkan.so", needs=["libvulkan.so.1"], glibc="2.27")
-    cuda = publish(tmp_path, "cuda", "libggml-cuda.so", needs=[], glibc="2.36")
+    cuda = publish(tmp_path, "cuda", "libggml-cuda.so", NEW_GLIBC, needs=[],
+                   glibc="2.27")  # says 2.27; the library needs 2.34
     publish(tmp_path, "rocm", "libggml-hip.so", engine="llama-cpp-python 0.3.35")
     notes = []
     found = variants.published("0.3.36", [], notes, {"PYFILE_VARIANTS": str(tmp_path)})
     assert list(found) == ["vulkan"] and found["vulkan"].libs == ["libggml-vulkan.so"]
+    assert found["vulkan"].requires["glibc"] == "2.2.5"  # what the library needs, recorded
     assert notes == [
-        f"left out the CUDA variant in {cuda}: it needs GLIBC_2.36, newer than the 2.31 a "
+        f"left out the CUDA variant in {cuda}: it needs GLIBC_2.34, newer than the 2.31 a "
         f"pyfile runs on (--backend cuda={cuda} packs it anyway)",
         f"left out the ROCm variant in {tmp_path / 'rocm'}: built for llama-cpp-python 0.3.35, "
         f"this engine is llama-cpp-python 0.3.36"]
     # An explicit --backend packs what it is given.
-    assert variants.read_specs([f"cuda={cuda}"])["cuda"].requires["glibc"] == "2.36"
+    assert variants.read_specs([f"cuda={cuda}"])["cuda"].requires["glibc"] == "2.27"
+    (tmp_path / "vulkan" / "libggml-vulkan.so").write_bytes(b"\x7fELF not really")
+    notes = []
+    assert variants.published("0.3.36", ["cuda", "rocm"], notes,
+                              {"PYFILE_VARIANTS": str(tmp_path)}) == {}
+    assert len(notes) == 1 and "libggml-vulkan.so is not a shared library" in notes[0]
 
 
 def test_missing_vulkan_is_one_note_and_skip_wins(tmp_path):
@@ -60,7 +85,12 @@ def test_a_rewritten_library_is_packed_anew(tmp_path, monkeypatch):
     folder = publish(tmp_path / "variants", "vulkan", "libggml-vulkan.so")
     lib = folder / "libggml-vulkan.so"
     packed: list = []
-    for content in (os.urandom(1 << 20), os.urandom(1 << 20)):
+    versions = []
+    for n in (1, 2):  # two libraries of the same size that differ in one constant
+        compile_lib(tmp_path / f"v{n}.so", OLD_GLIBC.replace("1", str(n)))
+        versions.append((tmp_path / f"v{n}.so").read_bytes())
+    assert len(versions[0]) == len(versions[1]) and versions[0] != versions[1]
+    for content in versions:
         st = lib.stat()
         lib.write_bytes(content)
         os.utime(lib, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
@@ -76,4 +106,4 @@ def test_a_rewritten_library_is_packed_anew(tmp_path, monkeypatch):
         packed.append(content)
     kept = os.listdir(tmp_path / "cache" / "objects")  # two digests, two deflate streams
     assert sorted(n.rsplit(".", 1)[1] for n in kept if not n.endswith((".marshal", ".runtime"))
-                  ) == ["deflate6", "deflate6", "digests", "digests"]
+                  ) == ["deflate6", "deflate6", "library", "library"]

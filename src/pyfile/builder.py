@@ -8,7 +8,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import __version__, gguf, stub
+from . import __version__, elf, gguf, stub
 from .atomic import atomic_output
 from .runtime import argsfile
 from .runtime.archive import ARGS_NAME, LOCAL_SIG
@@ -346,43 +346,21 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
 
 
 def _library(path: str) -> Tuple[int, int, str, bytes]:
-    """(size, CRC-32, SHA-256, raw deflate stream) of a GPU variant's library.
-
-    A 29 MB Vulkan library takes 50 ms to read and hash and 1.5 s to deflate, and every
-    build packs the same one: all four are kept in the build cache, the digests keyed by
-    the file's identity (device, inode, size, modification and change times: what git's
-    index trusts; any write or replacement changes the change time), the deflate stream by
-    the content's SHA-256."""
-    import hashlib
-    import json
+    """(size, CRC-32, SHA-256, raw deflate stream) of a GPU variant's library: the digests
+    from :func:`pyfile.variants.library`, the deflate stream (1.5 s for the 29 MB Vulkan
+    library) kept in the build cache by the content's SHA-256."""
     import zlib
     from . import buildcache
-    from .runtime.archive import crc32
+    from .variants import library
 
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    ident = f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|" \
-            f"{st.st_mtime_ns}|{st.st_ctime_ns}"
-    data: Optional[bytes] = None
-
-    def content() -> bytes:
-        nonlocal data
-        if data is None:
-            data = _read(path)
-        return data
-
-    def digests() -> bytes:
-        return json.dumps({"size": len(content()), "crc32": crc32(content()),
-                           "sha256": hashlib.sha256(content()).hexdigest()}).encode()
-
-    key = hashlib.sha256(ident.encode()).hexdigest()
-    meta = json.loads(buildcache.remembered(f"{key}.digests", digests))
+        lib = library(path)
+    except elf.ELFError as e:
+        raise InputError(f"{path}: not a shared library ({e})") from None
 
     def deflate() -> bytes:
         c = zlib.compressobj(6, zlib.DEFLATED, -15)
-        return c.compress(content()) + c.flush()
+        return c.compress(_read(path)) + c.flush()
 
-    deflated = buildcache.remembered(f"{meta['sha256']}.deflate6", deflate)
-    return meta["size"], meta["crc32"], meta["sha256"], deflated
+    return lib.size, lib.crc32, lib.sha256, buildcache.remembered(f"{lib.sha256}.deflate6",
+                                                                  deflate)

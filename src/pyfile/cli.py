@@ -225,6 +225,14 @@ def engine_check(wheel: Optional[str]) -> None:
                f"CPU variants)")
 
 
+@engine.command("toolchain")
+def engine_toolchain() -> None:
+    """Print the folder of zig compilers (zig-cc, zig-c++, zig-ar, zig-ranlib) aimed at
+    glibc 2.28 that the engine is built with (made once; scripts/build-variant.sh uses it)."""
+    from .engines import toolchain
+    click.echo(toolchain())
+
+
 class _StageProgress:
     """A percentage bar on a terminal, a line per stage (and every 10%) otherwise."""
 

@@ -318,18 +318,27 @@ def _zig(tools: str, log: str) -> str:
     return exe
 
 
-def _wrappers(zig: str, folder: str) -> Dict[str, str]:
-    """CMake wants one executable per tool: tiny sh scripts around ``zig``."""
-    out = {}
-    for name, sub in (("cc", f"cc -target x86_64-linux-gnu.{TARGET_GLIBC}"),
-                      ("c++", f"c++ -target x86_64-linux-gnu.{TARGET_GLIBC}"),
-                      ("ar", "ar"), ("ranlib", "ranlib")):
-        path = os.path.join(folder, f"zig-{name}")
-        with open(path, "w") as f:
-            f.write(f'#!/bin/sh\nexec "{zig}" {sub} "$@"\n')
-        os.chmod(path, 0o755)
-        out[name] = path
-    return out
+#: The compiler wrappers :func:`toolchain` makes: name -> zig subcommand.
+TOOLS = {"cc": f"cc -target x86_64-linux-gnu.{TARGET_GLIBC}",
+         "c++": f"c++ -target x86_64-linux-gnu.{TARGET_GLIBC}",
+         "ar": "ar", "ranlib": "ranlib"}
+
+
+def toolchain(log: Optional[str] = None) -> str:
+    """A folder of compilers around zig (``zig-cc``, ``zig-c++``, ``zig-ar``,
+    ``zig-ranlib``: CMake wants one executable per tool) aiming at glibc
+    :data:`TARGET_GLIBC`: what the engine and ``scripts/build-variant.sh`` compile with.
+    Made once in the build cache (``pyfile engine toolchain`` prints it)."""
+    zig = _zig(buildcache.folder("tools"), log or os.devnull)
+    folder = os.path.join(os.path.dirname(os.path.dirname(zig)), "bin")
+    if not all(os.path.isfile(os.path.join(folder, f"zig-{n}")) for n in TOOLS):
+        with buildcache.publishing(folder) as work:
+            for name, sub in TOOLS.items():
+                path = os.path.join(work, f"zig-{name}")
+                with open(path, "w") as f:
+                    f.write(f'#!/bin/sh\nexec "{zig}" {sub} "$@"\n')
+                os.chmod(path, 0o755)
+    return folder
 
 
 def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
@@ -354,7 +363,7 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
         pass
     say = progress or (lambda pct, stage: None)
     say(0, "fetching zig and the llama-cpp-python source")
-    zig = _zig(buildcache.folder("tools"), log)
+    bin_dir = toolchain(log)
     with buildcache.publishing(target) as work, tempfile.TemporaryDirectory() as scratch:
         if source is None:
             _pip("download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", scratch,
@@ -362,9 +371,9 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
             (source,) = glob.glob(os.path.join(scratch, "llama_cpp_python-*.tar.gz"))
         elif not os.path.isfile(source):
             raise InputError(f"--source {source}: no such file")
-        tools = _wrappers(zig, scratch)
-        flags = [f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['c++']}",
-                 f"-DCMAKE_AR={tools['ar']}", f"-DCMAKE_RANLIB={tools['ranlib']}",
+        tool = {name: os.path.join(bin_dir, f"zig-{name}") for name in TOOLS}
+        flags = [f"-DCMAKE_C_COMPILER={tool['cc']}", f"-DCMAKE_CXX_COMPILER={tool['c++']}",
+                 f"-DCMAKE_AR={tool['ar']}", f"-DCMAKE_RANLIB={tool['ranlib']}",
                  *CMAKE_FLAGS]
         env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
                    CMAKE_GENERATOR="Unix Makefiles",  # Ninja loops on "still dirty" with zig
@@ -389,4 +398,5 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
 
 
 __all__ = ["Engine", "EngineBuildError", "build_engine", "find_engine", "problems",
-           "from_wheel", "installed", "cached_wheels", "glibc_floor", "PROMISED_GLIBC"]
+           "from_wheel", "installed", "cached_wheels", "glibc_floor", "toolchain",
+           "PROMISED_GLIBC"]

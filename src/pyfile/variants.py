@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from . import buildcache, elf
 from .engines import PROMISED_GLIBC
 from .runtime.backends import BACKENDS, LIB_OF
 from .runtime.errors import InputError, UsageError
@@ -100,7 +101,13 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
             notes.append(f"left out the {b.title} variant in {folder}: built for {built_for}, "
                          f"this engine is llama-cpp-python {engine}")
             continue
-        glibc = str(v.requires.get("glibc", ""))
+        try:  # what the library needs, read from it (variant.json's word is not taken)
+            glibc = library(os.path.join(folder, b.lib)).glibc
+        except elf.ELFError as e:
+            notes.append(f"left out the {b.title} variant in {folder}: {b.lib} is not a "
+                         f"shared library ({e})")
+            continue
+        v.requires = {**v.requires, "glibc": glibc}
         if _version(glibc) > GLIBC_MAX:
             notes.append(f"left out the {b.title} variant in {folder}: it needs GLIBC_{glibc}, "
                          f"newer than the {'.'.join(map(str, GLIBC_MAX))} a pyfile runs on "
@@ -108,6 +115,42 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
             continue
         out[b.kind] = v
     return out
+
+
+@dataclass(frozen=True)
+class Library:
+    """What a build needs to know of a variant's library without reading it again."""
+
+    size: int
+    crc32: int
+    sha256: str
+    glibc: str  # the newest GLIBC_ symbol version it needs ("2.27"; "none")
+
+
+def library(path: str) -> Library:
+    """:class:`Library` facts of ``path``, kept in the build cache by the file's identity
+    (device, inode, size, modification and change times: what git's index trusts; any write
+    or replacement changes the change time). A 29 MB Vulkan library takes 50 ms to read and
+    hash, and every build packs the same one. Raises :class:`~pyfile.elf.ELFError` for a
+    file that is not a 64-bit ELF shared library."""
+    import hashlib
+    from .runtime.archive import crc32
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    ident = f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|" \
+            f"{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+    def facts() -> bytes:
+        with open(path, "rb") as f:
+            data = f.read()
+        glibc = elf.version_text(elf.read_needs(data).newest("GLIBC"))
+        return json.dumps({"size": len(data), "crc32": crc32(data),
+                           "sha256": hashlib.sha256(data).hexdigest(), "glibc": glibc}).encode()
+
+    key = hashlib.sha256(ident.encode()).hexdigest()
+    return Library(**json.loads(buildcache.remembered(f"{key}.library", facts)))
 
 
 def _version(text: str) -> tuple:
