@@ -314,3 +314,17 @@ def test_a_variant_that_needs_only_the_driver_preloads_nothing():
     assert found == [] and missing == []
     found, missing = find_runtime_libs("cuda", {}, [])  # no variant.json: CUDA's defaults
     assert "libcudart.so.13" in missing + [os.path.basename(p) for p in found]
+
+
+def test_rpc_worker_serves_an_integrated_gpu_when_there_is_no_dedicated_one():
+    """ggml lists a laptop's or an APU's Vulkan device as an integrated GPU (its device type
+    2), a discrete card as type 1: a worker for a GPU backend takes the dedicated one first,
+    else the integrated one; a CPU worker the CPU. (The machines here have neither GPU: the
+    registry's answers are given.)"""
+    from pyfile.runtime.rpc import worker_device
+    igpu_only = {0: "cpu0", 2: "igpu0"}.get
+    both = {0: "cpu0", 1: "gpu0", 2: "igpu0"}.get
+    assert worker_device(igpu_only, "vulkan") == "igpu0"
+    assert worker_device(both, "vulkan") == "gpu0"
+    assert worker_device(both, "cpu") == "cpu0"
+    assert worker_device({0: "cpu0"}.get, "cuda") is None  # "no device to serve"

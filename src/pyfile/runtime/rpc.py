@@ -19,7 +19,7 @@ import socket
 import struct
 import sys
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from .errors import BackendError, UsageError
 
@@ -99,13 +99,25 @@ def add_workers(llama_cpp: Any, endpoints: List[Tuple[str, int]]) -> List[str]:
     return names
 
 
+#: ggml's ``enum ggml_backend_dev_type`` (ggml-backend.h).
+DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2
+
+
+def worker_device(dev_by_type: Callable[[int], Any], gpu_kind: str) -> Any:
+    """The device a worker serves: the CPU, or for a GPU backend its first dedicated GPU,
+    else its first integrated one (a laptop's or an APU's Vulkan device is an IGPU)."""
+    if gpu_kind == "cpu":
+        return dev_by_type(DEV_CPU)
+    return dev_by_type(DEV_GPU) or dev_by_type(DEV_IGPU)
+
+
 def serve_worker(llama_cpp: Any, host: str, port: int, gpu_kind: str) -> int:
     """Run ggml's RPC server on this machine's chosen backend until SIGINT/SIGTERM."""
     lib = rpc_library(llama_cpp)
     ggml = ctypes.CDLL("libggml.so.0")
     ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    dev = ggml.ggml_backend_dev_by_type(1 if gpu_kind != "cpu" else 0)  # GPU or CPU device
+    dev = worker_device(ggml.ggml_backend_dev_by_type, gpu_kind)
     if not dev:
         raise BackendError("no device to serve")
     if host not in ("127.0.0.1", "localhost", "::1"):
