@@ -183,7 +183,7 @@ def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sh
     """The kernel cannot copy from tmpfs to the test folder's filesystem (EXDEV): the weights
     then go through Python buffers, and the file is byte for byte the one the kernel's
     copy makes, with the same digests."""
-    from pyfile import builder, zipwriter
+    from pyfile import builder, copier
     shm = "/dev/shm"
     assert os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "needs tmpfs at /dev/shm"
     big = 24 << 20  # several kernel steps and Python buffers
@@ -195,8 +195,8 @@ def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sh
         with open(local, "rb") as f, open(remote, "wb") as g:
             g.write(f.read())
         used = []
-        real = zipwriter._user_copy
-        monkeypatch.setattr(zipwriter, "_user_copy",
+        real = copier.user_copy
+        monkeypatch.setattr(copier, "user_copy",
                             lambda *a: used.append(a[4]) or real(*a))
         opts = builder.RuntimeOptions(slim=True)
         kernel = builder.build(local, str(tmp_path / "k.pyfile"), runtime=opts,
@@ -220,14 +220,14 @@ def test_preallocate_gives_blocks_and_reports_a_full_disk(tmp_path):
     """The copy's destination gets its blocks up front (where the filesystem can: here),
     and a write that cannot fit is an OSError before any byte is copied."""
     import resource
-    from pyfile.zipwriter import preallocate
+    from pyfile.copier import preallocate
     path = tmp_path / "f"
     with open(path, "wb") as f:
         preallocate(f.fileno(), 65536, 8 << 20)
         st = os.fstat(f.fileno())
     assert st.st_size == 65536 + (8 << 20)
     assert st.st_blocks * 512 >= 8 << 20  # allocated, not a hole
-    code = ("import resource, sys; from pyfile.zipwriter import preallocate\n"
+    code = ("import resource, sys; from pyfile.copier import preallocate\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
             "f = open(sys.argv[1], 'wb')\n"
             "try:\n    preallocate(f.fileno(), 0, 8 << 20)\n"

@@ -80,22 +80,16 @@ def runtime_sources() -> List[Tuple[str, bytes]]:
     return out
 
 
-def runtime_files() -> List[Tuple[str, bytes]]:
-    """The runtime's sources and their bytecode for this interpreter, as (member, bytes)."""
-    sources = runtime_sources()
-    return sources + stub.bytecode(sources)
-
-
 #: A runtime member ready to write: (name, size, CRC-32, SHA-256, stored bytes or None,
 #: raw deflate stream or None).
 Prepared = Tuple[str, int, int, str, Optional[bytes], Optional[bytes]]
 
 
 def runtime_members() -> List[Prepared]:
-    """:func:`runtime_files` with their digests and deflate streams, kept in the build cache
-    as one object keyed by the sources and the interpreter's bytecode version: a warm build
-    reads the sources and one file instead of hashing, compressing and loading ~60 members
-    (20-30 ms, all of it while the weights are being copied on the other core)."""
+    """The runtime's sources and their bytecode for this interpreter (:func:`stub.bytecode`)
+    with their digests and deflate streams, kept in the build cache as one object keyed by
+    the sources and the interpreter's bytecode version: a warm build reads the sources and
+    one file instead of hashing, compressing and loading ~60 members (20-30 ms)."""
     import hashlib
     import marshal
     import zlib

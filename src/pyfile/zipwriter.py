@@ -2,20 +2,20 @@
 
 Why not ``zipfile.ZipFile`` for writing: we need members whose data starts on a page
 boundary (gap bytes before the local header, as llamafile's zipalign does), big members
-copied by the kernel with CRC-32 and SHA-256 computed alongside, ZIP64 exactly when needed with
+copied with CRC-32 and SHA-256 computed alongside, ZIP64 exactly when needed with
 the ZIP64 extra as the only extra field (Python 3.13.0 rejects anything else), and the
 ability to append members plus a new central directory to an existing archive without
 rewriting it. Offsets are always relative to the start of the file, so the stub in front
 is part of the archive's "preamble" and ``unzip -t``/``7z t`` see no extra bytes.
 
+Big members are copied by :mod:`pyfile.copier`, in the calling thread (:meth:`add_stream`)
+or in a background thread while the next members are written (:meth:`start_stream`).
 ``hashlib`` is imported where it is used: a build starts copying the weights before it
 hashes anything, and every millisecond before that start is on a 1 GiB build's clock.
 """
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import queue
 import struct
@@ -23,8 +23,9 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 
+from . import copier
 from .runtime.archive import crc32
 from .runtime.errors import InputError
 
@@ -39,16 +40,6 @@ U16_MAX, U32_MAX = 0xFFFF, 0xFFFFFFFF
 FLAG_UTF8 = 0x0800
 MADE_BY_UNIX = 3 << 8
 LOCAL_HEADER_LEN = 30
-CHUNK = 1 << 20
-#: Bytes per copy_file_range call: small enough that hashing starts at once and progress
-#: moves, big enough that the calls cost nothing.
-KERNEL_STEP = 16 << 20
-#: The hashing thread feeds the two hashes pieces this size (hot in L2 for both).
-HASH_PIECE = 1 << 20
-#: copy_file_range errors that mean "not between these two files": copy in Python instead.
-_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF,
-                   errno.ETXTBSY, errno.EPERM, errno.EIO}
-
 DOS_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip can record
 
 
@@ -98,7 +89,7 @@ class ZipWriter:
         self.dos_time, self.dos_date = dos_datetime(epoch)
         self.entries: List[Entry] = list(existing)
         self._names = {e.name for e in self.entries}
-        self._copier: Optional[threading.Thread] = None  # started by the first start_stream
+        self._copy_thread: Optional[threading.Thread] = None  # started by the first start_stream
         self._queue: "queue.SimpleQueue[Optional[_Pending]]" = queue.SimpleQueue()
         self._stop = threading.Event()
 
@@ -193,10 +184,10 @@ class ZipWriter:
         pending = self._stream(name, path, offset, size, align, progress, origin, sha256)
         pending.done = threading.Event()
         self._queue.put(pending)
-        if self._copier is None:
-            self._copier = threading.Thread(target=self._copy_queued, name="pyfile-copy",
+        if self._copy_thread is None:
+            self._copy_thread = threading.Thread(target=self._copy_queued, name="pyfile-copy",
                                             daemon=True)
-            self._copier.start()
+            self._copy_thread.start()
 
     def _copy_queued(self) -> None:
         while True:
@@ -205,7 +196,7 @@ class ZipWriter:
                 return
             try:
                 if self._stop.is_set():
-                    raise _Stopped()
+                    raise copier.Stopped()
                 pending.run()
             except BaseException as e:  # raised again by wait()
                 pending.error = e
@@ -261,10 +252,10 @@ class ZipWriter:
         self._end_copier()
 
     def _end_copier(self) -> None:
-        if self._copier is not None:
+        if self._copy_thread is not None:
             self._queue.put(None)
-            self._copier.join()
-            self._copier = None
+            self._copy_thread.join()
+            self._copy_thread = None
 
     def _done(self, entry: Entry) -> Entry:
         self.pos = self.fp.tell()
@@ -297,10 +288,6 @@ class ZipWriter:
         return self.pos
 
 
-class _Stopped(Exception):
-    """The build was abandoned while a member was being copied."""
-
-
 @dataclass(eq=False)
 class _Pending:
     """A stored member whose place is fixed and whose bytes are (being) copied."""
@@ -324,213 +311,10 @@ class _Pending:
     def run(self) -> None:
         """Copy the bytes, hashing them, then patch the CRC into the local header (by
         offset: the writer's buffered position is elsewhere)."""
-        args = (self.in_fd, self.in_offset, self.out_fd, self.data_offset, self.size,
-                self.progress, self.origin, self.sha256, self.stop)
-        preallocate(self.out_fd, self.data_offset, self.size)
-        result = _kernel_copy(*args) if self.size and hasattr(os, "copy_file_range") else None
-        self.crc, self.digest = result if result is not None else _user_copy(*args)
-        _pwrite_all(self.out_fd, struct.pack("<I", self.crc), self.header_offset + 14)
-
-
-_fallocate: Any = None
-
-
-def preallocate(fd: int, offset: int, size: int) -> None:
-    """Give ``size`` bytes at ``offset`` of ``fd`` their disk blocks before they are written
-    (Linux ``fallocate``, mode 0), where the filesystem can.
-
-    ext4 then skips its per-block delayed-allocation bookkeeping while the bytes are copied:
-    a 1 GiB copy takes 0.21 s instead of 0.28 s here (and a full disk is found before the
-    copy, not after it). Not glibc's ``posix_fallocate``: where the filesystem cannot
-    allocate it writes a byte into every block instead. Where the call is missing or the
-    filesystem declines, nothing happens; a full disk or a file-size limit raises OSError.
-    """
-    global _fallocate
-    if size <= 0:
-        return
-    if _fallocate is None:
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            _fallocate = libc.fallocate64
-            _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            _fallocate.restype = ctypes.c_int
-        except (OSError, AttributeError, ImportError):
-            _fallocate = False
-    if not _fallocate:
-        return
-    if _fallocate(fd, 0, offset, size) != 0:
-        import ctypes
-        err = ctypes.get_errno()
-        if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise OSError(err, os.strerror(err))
-        # EOPNOTSUPP, ENOSYS, EINVAL...: this filesystem allocates as it writes
-
-
-def _pwrite_all(fd: int, data: Any, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-class _OutputHasher:
-    """CRC-32 and SHA-256 of a growing region of a file, in a background thread.
-
-    :meth:`feed` says that ``n`` more bytes are in place; the thread maps them (the pages
-    are in the page cache: no copy, unlike ``pread``, 5% faster here) and hashes them.
-    """
-
-    def __init__(self, fd: int, start: int, sha256: bool = True) -> None:
-        import hashlib
-        self.fd, self.pos = fd, start
-        self.sha = hashlib.sha256() if sha256 else None
-        self.crc = 0
-        self.error: Optional[BaseException] = None
-        self._todo: "queue.SimpleQueue[Optional[int]]" = queue.SimpleQueue()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="pyfile-hash", daemon=True)
-        self._thread.start()
-
-    def feed(self, n: int) -> None:
-        self._todo.put(n)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop:
-                n = self._todo.get()
-                if n is None:
-                    return
-                self._hash(n)
-        except BaseException as e:  # reported by finish()
-            self.error = e
-
-    def _hash(self, n: int) -> None:
-        start = self.pos - self.pos % mmap.ALLOCATIONGRANULARITY
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        with mmap.mmap(self.fd, self.pos + n - start, flags=flags, prot=mmap.PROT_READ,
-                       offset=start) as mapped:
-            view = memoryview(mapped)
-            try:
-                for i in range(self.pos - start, self.pos - start + n, HASH_PIECE):
-                    if self._stop:
-                        return
-                    piece = view[i:min(i + HASH_PIECE, self.pos - start + n)]
-                    self.crc = crc32(piece, self.crc)
-                    if self.sha is not None:
-                        self.sha.update(piece)
-                    piece.release()
-            finally:
-                view.release()
-        self.pos += n
-
-    def finish(self) -> Tuple[int, str]:
-        """Wait for every fed byte to be hashed; raise what the thread ran into."""
-        self._todo.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.crc, self.sha.hexdigest() if self.sha is not None else ""
-
-    def abandon(self) -> None:
-        """Stop as soon as possible (the copy failed); the output is about to go away."""
-        self._stop = True
-        self._todo.put(None)
-        self._thread.join()
-
-
-def _kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-                 progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
-                 stop: threading.Event) -> Optional[Tuple[int, str]]:
-    """``copy_file_range`` in :data:`KERNEL_STEP` steps (as ``cp`` does: no byte crosses into
-    Python), hashed behind by a thread that reads what has landed in the output from the
-    page cache: the digests describe the bytes in the file even if the input changes under
-    us. None when the kernel cannot copy between these files (nothing written then)."""
-    hasher: Optional[_OutputHasher] = None
-    done = 0
-    try:
-        while done < size:
-            if stop.is_set():
-                raise _Stopped()
-            try:
-                n = os.copy_file_range(in_fd, out_fd, min(KERNEL_STEP, size - done),
-                                       in_off + done, out_off + done)
-            except OSError as e:
-                if done == 0 and e.errno in _NO_KERNEL_COPY:
-                    return None
-                raise
-            if n == 0:
-                if done == 0:  # some filesystems (procfs, old FUSE) report 0 for "cannot"
-                    return None
-                raise InputError(f"{origin}: input shrank while being read "
-                                 f"({done} of {size} bytes)")
-            if hasher is None:
-                hasher = _OutputHasher(out_fd, out_off, sha256)
-            hasher.feed(n)
-            done += n
-            if progress:
-                progress(n)
-        assert hasher is not None
-        result = hasher.finish()
-        hasher = None
-        return result
-    finally:
-        if hasher is not None:
-            hasher.abandon()
-
-
-def _user_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-               progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
-               stop: threading.Event) -> Tuple[int, str]:
-    """Copy through Python buffers (the kernel cannot copy between these files: another
-    filesystem, an old kernel), computing CRC-32 and SHA-256 in the same pass.
-
-    Three stages overlap on a ring of buffers: this thread reads, one thread hashes with
-    SHA-256, another computes CRC-32 and writes. All three release the GIL on large
-    buffers, so the copy costs about one SHA-256 pass.
-    """
-    import hashlib
-    from concurrent.futures import ThreadPoolExecutor
-    sha = hashlib.sha256()
-    crc = 0
-    ring = [memoryview(bytearray(CHUNK * 4)) for _ in range(3)]
-    pending: List[Any] = [None] * len(ring)
-
-    def crc_write(chunk: memoryview, at: int) -> None:
-        nonlocal crc
-        crc = crc32(chunk, crc)
-        _pwrite_all(out_fd, chunk, at)
-
-    done, i = 0, 0
-    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
-        try:
-            while done < size:
-                if stop.is_set():
-                    raise _Stopped()
-                slot = i % len(ring)
-                if pending[slot] is not None:
-                    for f in pending[slot]:
-                        f.result()
-                n = os.preadv(in_fd, [ring[slot][:min(len(ring[slot]), size - done)]],
-                              in_off + done)
-                if not n:
-                    raise InputError(f"{origin}: input shrank while being read "
-                                     f"({done} of {size} bytes)")
-                chunk = ring[slot][:n]
-                pending[slot] = ((hasher.submit(sha.update, chunk),) if sha256 else ()) + (
-                    writer.submit(crc_write, chunk, out_off + done),)
-                done += n
-                i += 1
-                if progress:
-                    progress(n)
-        finally:
-            for fs in pending:
-                for f in fs or ():
-                    f.exception()  # wait for every stage before the buffers go away
-        for fs in pending:
-            for f in fs or ():
-                f.result()  # re-raise a write error (disk full) here
-    return crc, sha.hexdigest() if sha256 else ""
+        self.crc, self.digest = copier.copy_hashing(
+            self.in_fd, self.in_offset, self.out_fd, self.data_offset, self.size,
+            self.progress, self.origin, self.sha256, self.stop)
+        copier.pwrite_all(self.out_fd, struct.pack("<I", self.crc), self.header_offset + 14)
 
 
 def _central_record(e: Entry) -> bytes:
