@@ -183,6 +183,33 @@ def test_disconnecting_stream_frees_its_slot(server):
     assert status == 200
 
 
+def test_a_client_hanging_up_before_a_whole_answer_frees_its_slot(server):
+    """Non-streaming requests whose clients hang up leave the engine at once: without that,
+    each would hold its slot for 3,000 tokens (minutes here) generating for nobody."""
+    body = json.dumps({"prompt": "Tell a very long story.", "max_tokens": 3000,
+                       "ignore_eos": True, "temperature": 1}).encode()
+    host, port = server.url.split("//")[1].strip("/").split(":")
+    socks = []
+    for _ in range(4):  # every slot
+        s = socket.create_connection((host, int(port)), timeout=60)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                  b"\r\n\r\n" + body)
+        socks.append(s)
+    deadline = time.time() + 30
+    while time.time() < deadline and server.request("health")[1]["slots_busy"] < 4:
+        time.sleep(0.05)
+    assert server.request("health")[1]["slots_busy"] == 4
+    for s in socks:
+        s.close()  # hang up, no answer read
+    hung_up = time.time()
+    while time.time() < hung_up + 5 and server.request("health")[1]["slots_busy"]:
+        time.sleep(0.05)
+    assert server.request("health")[1]["slots_busy"] == 0, "slots still generating"
+    status, answer = server.request("v1/completions", {"prompt": "Hi", "max_tokens": 2})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 2
+
+
 def test_web_chat_in_headless_chromium(server, tmp_path):
     pw = pytest.importorskip("playwright.sync_api")
     chromium = "/usr/bin/chromium"

@@ -42,7 +42,7 @@ except ImportError as e:  # pragma: no cover - exercised on targets without the 
 
 from .server_engine import Engine
 from .server_errors import APIError
-from .server_http import ApiKey, BodyLimit, bind, flavor_of, web_chat_html
+from .server_http import ApiKey, BodyLimit, ClientWatch, bind, flavor_of, web_chat_html
 from .server_http import open_browser as _open_browser
 from .server_state import ServerState
 
@@ -53,7 +53,8 @@ def create_app(state: ServerState) -> Any:
     opts = state.opts
     app = FastAPI(title="pyfile", version=__version__, docs_url=None, redoc_url=None)
     # The last one added runs first: body limit, then CORS (so a 401 carries its headers),
-    # then the API key, then the routes.
+    # then the API key, then the client watch, then the routes.
+    app.add_middleware(ClientWatch)
     if opts.api_key:
         app.add_middleware(ApiKey, key=opts.api_key)
     if opts.cors:

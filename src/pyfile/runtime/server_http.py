@@ -7,6 +7,7 @@ The API key is checked in ONE place (:class:`ApiKey`) for every path except
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import json
 import os
@@ -64,6 +65,30 @@ class ApiKey:
             "authentication_error", "invalid_api_key", flavor=flavor_of(scope.get("path", ""))))
         await send(start)
         await send(body)
+
+
+#: The ASGI ``receive`` of the request being handled (set by :class:`ClientWatch`): after the
+#: body, its next message is ``http.disconnect`` when the client goes away.
+CURRENT_RECEIVE: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pyfile_receive",
+                                                                         default=None)
+
+
+class ClientWatch:
+    """ASGI middleware: lets a handler that waits for a whole generation (no stream) learn
+    that its client hung up (:data:`CURRENT_RECEIVE`), so the slot is freed at once instead
+    of generating up to its length limit for nobody, as llama-server does too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        token = CURRENT_RECEIVE.set(receive)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_RECEIVE.reset(token)
 
 
 class BodyLimit:

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
 from .server_engine import Engine, Request
 from .server_errors import APIError
+from .server_http import CURRENT_RECEIVE
 from .server_sampling import SamplingParams
 
 
@@ -66,10 +67,13 @@ class Generation:
                 return
 
     async def collect(self) -> Dict[str, Any]:
-        """Run to the end: ``done`` with ``text`` = all the text, ``tokens`` and ``logprobs``."""
+        """Run to the end: ``done`` with ``text`` = all the text, ``tokens`` and ``logprobs``.
+        If the client hangs up meanwhile, the request leaves the engine at its next step."""
         parts: List[str] = []
         tokens: List[int] = []
         logprobs: List[Any] = []
+        receive = CURRENT_RECEIVE.get()
+        watch = asyncio.ensure_future(self._watch(receive)) if receive is not None else None
         try:
             async for ev in self.events():
                 if ev["type"] == "token":
@@ -80,8 +84,21 @@ class Generation:
                     parts.append(ev["text"])
                     return dict(ev, text="".join(parts), tokens=tokens, logprobs=logprobs)
         finally:
+            if watch is not None:
+                watch.cancel()
             self.cancel()
         raise APIError(500, "generation ended without a result", "server_error")
+
+    async def _watch(self, receive: Any) -> None:
+        """Wait for the client to hang up (the body has been read: the next message is the
+        disconnect); then drop the request and end :meth:`collect`."""
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                self.cancel()
+                self.queue.put_nowait({"type": "error", "status": 499,
+                                       "message": "the client closed the connection"})
+                return
 
     def cancel(self) -> None:
         if not self.finished:
