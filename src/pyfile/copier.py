@@ -67,7 +67,12 @@ def preallocate(fd: int, offset: int, size: int) -> None:
         try:
             import ctypes
             libc = ctypes.CDLL(None, use_errno=True)
-            _fallocate = libc.fallocate64
+            try:
+                _fallocate = libc.fallocate64
+            except AttributeError:  # musl 1.2.4+: only fallocate, whose off_t is 64-bit
+                if ctypes.sizeof(ctypes.c_long) != 8:
+                    raise
+                _fallocate = libc.fallocate
             _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
             _fallocate.restype = ctypes.c_int
         except (OSError, AttributeError, ImportError):
@@ -83,6 +88,7 @@ def preallocate(fd: int, offset: int, size: int) -> None:
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """All of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -169,6 +169,10 @@ class ZipWriter:
         pending = self._stream(name, path, offset, size, align, progress, origin, sha256)
         try:
             pending.run()
+        except BaseException:
+            self.entries.remove(pending)  # type: ignore[arg-type]  # no half-copied entry
+            self._names.discard(name)
+            raise
         finally:
             os.close(pending.in_fd)
         return self._resolve(pending)
@@ -185,8 +189,8 @@ class ZipWriter:
         pending.done = threading.Event()
         self._queue.put(pending)
         if self._copy_thread is None:
-            self._copy_thread = threading.Thread(target=self._copy_queued, name="pyfile-copy",
-                                            daemon=True)
+            self._copy_thread = threading.Thread(target=self._copy_queued,
+                                                 name="pyfile-copy", daemon=True)
             self._copy_thread.start()
 
     def _copy_queued(self) -> None:
@@ -239,10 +243,10 @@ class ZipWriter:
         """Finish the members started with :meth:`start_stream`; every entry, in file order."""
         for e in list(self.entries):
             if isinstance(e, _Pending):
-                if e.done is not None:
-                    e.done.wait()
-                    if e.error is not None:
-                        raise e.error
+                assert e.done is not None  # only background copies are left pending
+                e.done.wait()
+                if e.error is not None:
+                    raise e.error
                 self._resolve(e)
         return self.entries
 
