@@ -226,6 +226,8 @@ def router(state: ServerState) -> APIRouter:
                                         f"supported", param="input")
                 messages.append(text_message({"role": item.get("role", "user"),
                                               "content": item.get("content", "")}))
+        if not messages:
+            raise APIError(400, "input holds no message", param="input")
         fmt = (req.text or {}).get("format")
         grammar = None
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":

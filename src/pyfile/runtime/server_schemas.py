@@ -128,10 +128,13 @@ class AnthropicRequest(Body):
 
 
 class AnthropicCountRequest(Body):
+    """Anthropic's token count (``/v1/messages/count_tokens``): the prompt part of a request."""
+
     model: Optional[str] = None
     messages: List[Dict[str, Any]] = Field(min_length=1)
     system: Union[str, List[Dict[str, Any]], None] = None
     tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Dict[str, Any]] = None
 
 
 class ResponsesRequest(Body):
