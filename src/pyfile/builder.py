@@ -15,7 +15,7 @@ from .runtime.archive import ARGS_NAME, LOCAL_SIG
 from .runtime.engine import ENGINE_VERSION, GGUF_MAGIC
 from .runtime.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
-from .zipwriter import Entry, ZipWriter
+from .zipwriter import Entry, ZipWriter, deflate, smaller_deflate
 
 if TYPE_CHECKING:  # the variants' module is imported when a build gets to them
     from .variants import VariantDir
@@ -92,7 +92,6 @@ def runtime_members() -> List[Prepared]:
     one file instead of hashing, compressing and loading ~60 members (20-30 ms)."""
     import hashlib
     import marshal
-    import zlib
     from importlib.util import MAGIC_NUMBER
     from . import buildcache
     from .runtime.archive import crc32
@@ -105,11 +104,9 @@ def runtime_members() -> List[Prepared]:
     def make() -> bytes:
         out = []
         for name, data in sources + stub.bytecode(sources):
-            c = zlib.compressobj(6, zlib.DEFLATED, -15)
-            deflated = c.compress(data) + c.flush()
-            small = len(deflated) >= len(data) or len(data) <= 64
+            deflated = smaller_deflate(data)  # kept alone when it pays, else the bytes
             out.append((name, len(data), crc32(data), hashlib.sha256(data).hexdigest(),
-                        data if small else None, None if small else deflated))
+                        data if deflated is None else None, deflated))
         return marshal.dumps(out)
 
     key = f"{h.hexdigest()}.runtime"
@@ -343,7 +340,6 @@ def _library(path: str) -> Tuple[int, int, str, bytes]:
     """(size, CRC-32, SHA-256, raw deflate stream) of a GPU variant's library: the digests
     from :func:`pyfile.variants.library`, the deflate stream (1.5 s for the 29 MB Vulkan
     library) kept in the build cache by the content's SHA-256."""
-    import zlib
     from . import buildcache
     from .variants import library
 
@@ -352,9 +348,5 @@ def _library(path: str) -> Tuple[int, int, str, bytes]:
     except elf.ELFError as e:
         raise InputError(f"{path}: not a shared library ({e})") from None
 
-    def deflate() -> bytes:
-        c = zlib.compressobj(6, zlib.DEFLATED, -15)
-        return c.compress(_read(path)) + c.flush()
-
-    return lib.size, lib.crc32, lib.sha256, buildcache.remembered(f"{lib.sha256}.deflate6",
-                                                                  deflate)
+    return lib.size, lib.crc32, lib.sha256, buildcache.remembered(
+        f"{lib.sha256}.deflate6", lambda: deflate(_read(path)))
