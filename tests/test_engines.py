@@ -124,7 +124,7 @@ def test_installed_engine_is_checked_once_and_read_only_when_packed(tmp_path, mo
     assert first is not None and first.version == "0.3.36"
     assert first.checked is not None and first.checked["problems"] == []
     assert first.checked["glibc"] == "2.27"
-    memos = os.listdir(tmp_path / "engines" / "checks")
+    memos = [n for n in os.listdir(tmp_path / "objects") if n.endswith(".check")]
     assert len(memos) == 1
     second = engines.installed()
     assert second.identity == first.identity and second.checked == first.checked

@@ -52,6 +52,15 @@ def publishing(target: str) -> Iterator[str]:
         raise
 
 
+def identity(path: str) -> str:
+    """What stands for a file's content in cache keys without reading it: its path, device,
+    inode, size, and modification and change times (what git's index trusts; any write or
+    replacement changes the change time). Raises OSError if it cannot be stat'ed."""
+    st = os.stat(path)
+    return (f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|"
+            f"{st.st_mtime_ns}|{st.st_ctime_ns}")
+
+
 def remembered(name: str, make: Callable[[], bytes]) -> bytes:
     """Bytes derived from some content (``name`` must be a digest of it and of how they are
     made), kept in ``<root>/objects/`` so that later builds reuse them. Safe from several
@@ -75,4 +84,4 @@ def remembered(name: str, make: Callable[[], bytes]) -> bytes:
     return data
 
 
-__all__ = ["CACHE_ENV", "root", "folder", "publishing", "remembered"]
+__all__ = ["CACHE_ENV", "root", "folder", "publishing", "identity", "remembered"]

@@ -64,7 +64,7 @@ class Engine:
     origin: str  # the wheel, or the installed package's folder (for messages)
     files: Dict[str, bytes] = field(default_factory=dict)  # path inside site-packages -> bytes
     version: str = ""
-    identity: str = ""  # changes whenever the files do (a wheel: path, size, mtime)
+    identity: str = ""  # changes whenever the files do (buildcache.identity of them)
     checked: Optional[Dict[str, object]] = None  # problems and glibc, remembered per identity
     paths: Dict[str, str] = field(default_factory=dict)  # installed: path inside -> on disk
 
@@ -131,12 +131,10 @@ def installed() -> Optional[Engine]:
             continue
         full = str(dist.locate_file(f))
         try:
-            st = os.stat(full)
+            identity.update(f"{rel}|{buildcache.identity(full)}\n".encode())
         except OSError:
             continue
         eng.paths[rel] = full
-        identity.update(f"{rel}|{full}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n"
-                        .encode())
     if not any(ENGINE_FILE.match(rel) for rel in eng.paths):
         return None
     eng.origin = str(dist.locate_file("llama_cpp"))
@@ -191,26 +189,18 @@ def _check(eng: Engine) -> Dict[str, object]:
 
 
 def _remembered_check(eng: Engine) -> Dict[str, object]:
-    """:func:`_check` of ``eng``, kept in the build cache by ``eng.identity``."""
+    """:func:`_check` of ``eng``, kept in the build cache by ``eng.identity`` (a damaged
+    entry is checked again)."""
     import json
-    memo = os.path.join(engines_dir(), "checks",
-                        hashlib.sha256(eng.identity.encode()).hexdigest()[:24] + ".json")
+    key = hashlib.sha256(eng.identity.encode()).hexdigest()
+    raw = buildcache.remembered(f"{key}.check", lambda: json.dumps(_check(eng)).encode())
     try:
-        with open(memo, encoding="utf-8") as f:
-            checked = json.load(f)
+        checked = json.loads(raw)
         if isinstance(checked.get("problems"), list) and "glibc" in checked:
             return checked
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         pass
-    checked = _check(eng)
-    try:
-        os.makedirs(os.path.dirname(memo), exist_ok=True)
-        with open(memo + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(checked, f)
-        os.replace(memo + ".tmp", memo)
-    except OSError:
-        pass
-    return checked
+    return _check(eng)
 
 
 # -- choosing the engine for a build -------------------------------------------------------
@@ -258,10 +248,9 @@ def _checked_wheel(path: str) -> Engine:
     """The engine in wheel ``path``; its portability check is remembered in the build cache
     by the wheel's identity, so later builds neither read nor parse its 100 MB of files."""
     try:
-        st = os.stat(path)
+        eng = Engine(path, identity=buildcache.identity(path))
     except OSError as e:
         raise InputError(f"--engine {path}: cannot read: {e.strerror or e}") from None
-    eng = Engine(path, identity=f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}")
     eng.checked = _remembered_check(eng)  # reads the wheel only when not remembered
     eng.version = str(eng.checked.get("version") or "")
     return eng

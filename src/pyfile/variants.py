@@ -128,19 +128,16 @@ class Library:
 
 
 def library(path: str) -> Library:
-    """:class:`Library` facts of ``path``, kept in the build cache by the file's identity
-    (device, inode, size, modification and change times: what git's index trusts; any write
-    or replacement changes the change time). A 29 MB Vulkan library takes 50 ms to read and
+    """:class:`Library` facts of ``path``, kept in the build cache by the file's
+    :func:`~pyfile.buildcache.identity`. A 29 MB Vulkan library takes 50 ms to read and
     hash, and every build packs the same one. Raises :class:`~pyfile.elf.ELFError` for a
     file that is not a 64-bit ELF shared library."""
     import hashlib
     from .runtime.archive import crc32
     try:
-        st = os.stat(path)
+        ident = buildcache.identity(path)
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    ident = f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|" \
-            f"{st.st_mtime_ns}|{st.st_ctime_ns}"
 
     def facts() -> bytes:
         with open(path, "rb") as f:
