@@ -199,8 +199,8 @@ def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sh
         monkeypatch.setattr(copier, "user_copy",
                             lambda *a: used.append(a[4]) or real(*a))
         opts = builder.RuntimeOptions(slim=True)
-        kernel = builder.build(local, str(tmp_path / "k.pyfile"), runtime=opts,
-                               gpu_variants=False, sha256=sha256)
+        builder.build(local, str(tmp_path / "k.pyfile"), runtime=opts, gpu_variants=False,
+                      sha256=sha256)
         assert used == []  # same filesystem: the kernel copied
         python = builder.build(remote, str(tmp_path / "p.pyfile"), runtime=opts,
                                gpu_variants=False, sha256=sha256)
@@ -219,7 +219,6 @@ def test_copy_between_filesystems_falls_back_to_python(tmp_path, monkeypatch, sh
 def test_preallocate_gives_blocks_and_reports_a_full_disk(tmp_path):
     """The copy's destination gets its blocks up front (where the filesystem can: here),
     and a write that cannot fit is an OSError before any byte is copied."""
-    import resource
     from pyfile.copier import preallocate
     path = tmp_path / "f"
     with open(path, "wb") as f:
