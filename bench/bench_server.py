@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from common import venv_env  # noqa: E402
+from common import proc_mib, venv_env  # noqa: E402
 
 LLAMA_CPP_PYTHON_SERVER = """
 import ctypes, glob, os, runpy, sys
@@ -121,23 +121,6 @@ def load(url: str, clients: int, per_client: int, tokens: int):
         results = [x for batch in pool.map(client, range(clients)) for x in batch]
         wall = time.perf_counter() - t0
     return sum(c for _, c in results) / wall, sorted(t for t, _ in results)
-
-
-def anon_mib(pid: int) -> float:
-    """Anonymous memory of a process (its private heap: KV cache, buffers, Python)."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Anonymous:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_file_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def start_pyfile(pf: str, d: str, parallel: int, ctx: int, threads: int, tag: str):
@@ -252,7 +235,10 @@ def main() -> int:
             url, p = start_pyfile(pf, d, n, a.ctx, a.threads, f"mem{n}")
             try:
                 one(url, 8, 0)
-                mem[n] = (anon_mib(p.pid), rss_file_mib(p.pid))
+                # anonymous memory (the private heap: KV cache, buffers, Python) and the
+                # file-backed resident set (the mapped weights)
+                mem[n] = (proc_mib(p.pid, "Anonymous", "smaps_rollup"),
+                          proc_mib(p.pid, "RssFile"))
             finally:
                 p.terminate()
                 p.wait(timeout=30)

@@ -25,6 +25,16 @@ def timed(cmd, env):
     return time.perf_counter() - t, r
 
 
+def proc_mib(pid: int, key: str, table: str = "status") -> float:
+    """One memory figure of a process in MiB: ``key`` ("VmRSS", "RssFile", "Anonymous"...)
+    from ``/proc/PID/<table>`` ("status", or "smaps_rollup"); 0 when absent."""
+    with open(f"/proc/{pid}/{table}") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def eval_rate(stderr: str) -> float:
     """llama.cpp's own generation speed (tokens/s) from its -v log."""
     m = re.search(r"^\S*\s+eval time =.*?([\d.]+) tokens per second", stderr, re.M)

@@ -25,15 +25,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import venv_env  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from common import proc_mib, venv_env  # noqa: E402
 
 
 class Soak:
@@ -157,7 +149,7 @@ def main(argv=None) -> int:
         try:
             soak = Soak(url, a.seconds, a.clients)
             soak.post("v1/completions", b'{"prompt": "Hi", "max_tokens": 2}')
-            rss0 = rss_mib(proc.pid)
+            rss0 = proc_mib(proc.pid, "VmRSS")
             threads = [threading.Thread(target=soak.wellformed, args=(i,))
                        for i in range(a.clients)]
             threads += [threading.Thread(target=soak.malformed),
@@ -166,7 +158,7 @@ def main(argv=None) -> int:
 
             def sample() -> None:
                 while time.time() < soak.deadline and proc.poll() is None:
-                    samples.append(rss_mib(proc.pid))
+                    samples.append(proc_mib(proc.pid, "VmRSS"))
                     time.sleep(max(1.0, a.seconds / 12))
 
             threads.append(threading.Thread(target=sample))
@@ -187,7 +179,7 @@ def main(argv=None) -> int:
             for t in threads:
                 t.join()
             alive = proc.poll() is None
-            rss1 = rss_mib(proc.pid) if alive else 0.0
+            rss1 = proc_mib(proc.pid, "VmRSS") if alive else 0.0
             if not alive:
                 with open(proc.log) as f:
                     print(f"SERVER DIED (exit {proc.returncode}); last log lines:\n"
