@@ -161,8 +161,8 @@ class OutputHasher:
 
 
 def kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-                 progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
-                 stop: threading.Event) -> Optional[Tuple[int, str]]:
+                progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
+                stop: threading.Event) -> Optional[Tuple[int, str]]:
     """``copy_file_range`` in :data:`KERNEL_STEP` steps (as ``cp`` does: no byte crosses into
     Python), hashed behind by a thread that reads what has landed in the output from the
     page cache: the digests describe the bytes in the file even if the input changes under
@@ -201,8 +201,8 @@ def kernel_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
 
 
 def user_copy(in_fd: int, in_off: int, out_fd: int, out_off: int, size: int,
-               progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
-               stop: threading.Event) -> Tuple[int, str]:
+              progress: Optional[Callable[[int], None]], origin: str, sha256: bool,
+              stop: threading.Event) -> Tuple[int, str]:
     """Copy through Python buffers (the kernel cannot copy between these files: another
     filesystem, an old kernel), computing CRC-32 and SHA-256 in the same pass.
 
