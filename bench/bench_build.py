@@ -64,7 +64,7 @@ def timed(cmd) -> float:
 
 def hash_pass(path: str, sha256: bool) -> float:
     """One pass of the digests a build keeps over the weights, from the page cache."""
-    from pyfile.runtime.archive import crc32
+    from pyfile.runtime.container.archive import crc32
     t = time.perf_counter()
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
         view = memoryview(m)

@@ -11,9 +11,9 @@ import tempfile
 from typing import Any
 
 from pyfile import gguf
-from pyfile.runtime import argsfile
-from pyfile.runtime.archive import Archive
-from pyfile.runtime.manifest import Manifest
+from pyfile.runtime.container import argsfile
+from pyfile.runtime.container.archive import Archive
+from pyfile.runtime.container.manifest import Manifest
 from pyfile.runtime.errors import PyfileError
 
 COUNTS = {"gguf": 0, "container": 0, "args": 0, "manifest": 0}

@@ -69,6 +69,6 @@ else
     echo "fastapi/uvicorn not on this image: skipped"
 fi
 echo "== verdicts"; cat "$W/cache/verdicts.json"
-echo "== diagnostics"; "$py" -c "from pyfile.runtime.backends import find_runtime_libs as f; print(f('cuda', {}))"
+echo "== diagnostics"; "$py" -c "from pyfile.runtime.backend.choice import find_runtime_libs as f; print(f('cuda', {}))"
 ls -d /usr/local/cuda*/lib64 "$("$py" -c 'import site; print(site.getsitepackages()[0])')"/nvidia/* 2>&1 | head -20
 } 2>&1 | tee "$OUT/gpu-check.log"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from pyfile.runtime.engine import GGUF_MAGIC
+from pyfile.runtime.backend.engine import GGUF_MAGIC
 
 
 def write_tiny(path: str, *, n_tensors: int = 3, seed: int = 0, name: str = "tiny",

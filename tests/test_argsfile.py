@@ -3,8 +3,8 @@ import string
 
 import pytest
 
-from pyfile.runtime import argsfile
-from pyfile.runtime.argsfile import PLACEHOLDER, merge, parse, render
+from pyfile.runtime.container import argsfile
+from pyfile.runtime.container.argsfile import PLACEHOLDER, merge, parse, render
 from pyfile.runtime.errors import ArgsSyntaxError
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import need, pyfile_cli
 from ggufgen import write_tiny
-from pyfile.runtime.archive import Archive
+from pyfile.runtime.container.archive import Archive
 
 
 def build(src, out, *extra, args=None):

@@ -72,7 +72,7 @@ int ggml_backend_score(void) {
 def test_variant_scores_remembered(tmp_path, monkeypatch):
     """Ranking loads every variant library once per CPU and set of files, not at each start."""
     import types
-    from pyfile.runtime import cpu
+    from pyfile.runtime.backend import cpu
     need("cc")
     (tmp_path / "pkg" / "lib").mkdir(parents=True)
     src = tmp_path / "scored.c"

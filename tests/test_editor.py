@@ -5,7 +5,7 @@ import time
 
 from conftest import pyfile_cli
 from ggufgen import write_tiny
-from pyfile.runtime.archive import Archive
+from pyfile.runtime.container.archive import Archive
 
 
 def built(tmp_path, src, args="-n 3"):

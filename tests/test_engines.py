@@ -7,7 +7,7 @@ import pytest
 
 from pyfile import elf, engines, wheels
 from pyfile.runtime.errors import InputError, UsageError
-from pyfile.runtime.manifest import Manifest
+from pyfile.runtime.container.manifest import Manifest
 from pyfile.runtime.errors import ArchiveError
 
 

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from pyfile.runtime import hardware
-from pyfile.runtime import backends
-from pyfile.runtime.backends import Variant, find_runtime_libs, plan_gpu
-from pyfile.runtime.hardware import GPU, Finding, find_amd, find_nvidia
+from pyfile.runtime.backend import hardware
+from pyfile.runtime.backend import choice as backends
+from pyfile.runtime.backend.choice import Variant, find_runtime_libs, plan_gpu
+from pyfile.runtime.backend.hardware import GPU, Finding, find_amd, find_nvidia
 
 H100 = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
                   "memory": 85520809984, "integrated": False}], "driver_cuda": 13000}
@@ -321,7 +321,7 @@ def test_rpc_worker_serves_an_integrated_gpu_when_there_is_no_dedicated_one():
     2), a discrete card as type 1: a worker for a GPU backend takes the dedicated one first,
     else the integrated one; a CPU worker the CPU. (The machines here have neither GPU: the
     registry's answers are given.)"""
-    from pyfile.runtime.rpc import worker_device
+    from pyfile.runtime.rpc.worker import worker_device
     igpu_only = {0: "cpu0", 2: "igpu0"}.get
     both = {0: "cpu0", 1: "gpu0", 2: "igpu0"}.get
     assert worker_device(igpu_only, "vulkan") == "igpu0"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import pyfile_cli
 from ggufgen import write_sparse, write_tiny
-from pyfile.runtime.archive import Archive
+from pyfile.runtime.container.archive import Archive
 from pyfile.runtime.errors import PyfileError
 
 
@@ -161,8 +161,8 @@ def test_unpacking_never_writes_outside_its_folder(tmp_path, slim):
     a packed variant with such a path."""
     import hashlib
     import json
-    from pyfile.runtime.bundle import _unpack, target_key
-    from pyfile.runtime.extract import extract
+    from pyfile.runtime.container.bundle import _unpack, target_key
+    from pyfile.runtime.container.extract import extract
     sha = hashlib.sha256(b"bad").hexdigest()
     evil = tmp_path / "evil.zip"
     files = {"ok.txt": sha, "../../escaped.txt": sha}

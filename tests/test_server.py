@@ -314,7 +314,7 @@ def test_pyfile_overwritten_in_place_is_refused(smol_pyfile, tmp_path):
     shutil.copy2(smol_pyfile, live)
     newer = tmp_path / "newer.pyfile"
     shutil.copy2(smol_pyfile, newer)
-    from pyfile.runtime.archive import Archive
+    from pyfile.runtime.container.archive import Archive
     with Archive.open(str(newer)) as arch:
         off = arch.member(arch.default_model).offset
     with open(newer, "r+b") as f:  # a different model version: other bytes in its header

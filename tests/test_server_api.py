@@ -268,7 +268,7 @@ def test_api_key_guards_every_route(smol_pyfile, tmp_path):
     s = Server(smol_pyfile, "--api-key", "sekret", "--metrics", "-np", "2",
                env=run_env(PYFILE_CACHE_DIR=str(tmp_path)))
     try:
-        from pyfile.runtime.server_http import PUBLIC_PATHS
+        from pyfile.runtime.server.http import PUBLIC_PATHS
         assert PUBLIC_PATHS == {"/", "/health", "/v1/health"}
         routes = [("GET", p) for p in ("v1/models", "models", "props", "slots", "metrics",
                                        "openapi.json", "no/such/route")]
@@ -302,8 +302,8 @@ def test_every_registered_route_is_behind_the_key():
     """In process: walk the app's route table, so a route added later cannot ship open."""
     from types import SimpleNamespace
     from fastapi.testclient import TestClient
-    from pyfile.runtime.server import create_app
-    from pyfile.runtime.server_http import PUBLIC_PATHS
+    from pyfile.runtime.server.app import create_app
+    from pyfile.runtime.server.http import PUBLIC_PATHS
     opts = SimpleNamespace(api_key="k", cors=False, max_body=1 << 20, metrics=True,
                            no_slots=False, temp=0.8, top_k=40, top_p=0.95, min_p=0.05)
     app = create_app(SimpleNamespace(opts=opts))  # routes never run: the key check is first

@@ -78,7 +78,7 @@ def test_a_rewritten_library_is_packed_anew(tmp_path, monkeypatch):
 
     from conftest import pyfile_cli
     from ggufgen import write_tiny
-    from pyfile.runtime.archive import Archive
+    from pyfile.runtime.container.archive import Archive
 
     monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path / "cache"))
     model = write_tiny(str(tmp_path / "m.gguf"))

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import pyfile_cli, run_file
 
-from pyfile.runtime.archive import Archive
+from pyfile.runtime.container.archive import Archive
 
 pytestmark = pytest.mark.slow
 SOFTWARE_OK = {"PYFILE_ALLOW_SOFTWARE_GPU": "1"}

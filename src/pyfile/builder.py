@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tupl
 
 from . import __version__, elf, gguf, stub
 from .atomic import atomic_output
-from .runtime import argsfile
-from .runtime.archive import ARGS_NAME, LOCAL_SIG
-from .runtime.engine import ENGINE_VERSION, GGUF_MAGIC
-from .runtime.manifest import MANIFEST_NAME, Manifest
+from .runtime.container import argsfile
+from .runtime.container.archive import ARGS_NAME, LOCAL_SIG
+from .runtime.backend.engine import ENGINE_VERSION, GGUF_MAGIC
+from .runtime.container.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter, deflate, smaller_deflate
 
@@ -72,11 +72,11 @@ def runtime_sources() -> List[Tuple[str, bytes]]:
     import pyfile
     root = os.path.dirname(os.path.abspath(pyfile.__file__))
     out = [("pyfile/__init__.py", _read(os.path.join(root, "__init__.py")))]
-    rt = os.path.join(root, "runtime")
-    for name in sorted(os.listdir(rt)):
-        full = os.path.join(rt, name)
-        if os.path.isfile(full) and not name.startswith("."):
-            out.append((f"pyfile/runtime/{name}", _read(full)))
+    for folder, dirs, files in os.walk(os.path.join(root, "runtime")):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        out += [(f"pyfile/{rel}/{name}", _read(os.path.join(folder, name)))
+                for name in sorted(files) if not name.startswith(".") and not name.endswith(".pyc")]
     return out
 
 
@@ -94,7 +94,7 @@ def runtime_members() -> List[Prepared]:
     import marshal
     from importlib.util import MAGIC_NUMBER
     from . import buildcache
-    from .runtime.archive import crc32
+    from .runtime.container.archive import crc32
 
     sources = runtime_sources()
     h = hashlib.sha256(MAGIC_NUMBER + f"{stub.MARSHAL_VERSION}|deflate6".encode())
@@ -167,7 +167,7 @@ def _zip_source(path: str, workdir: str) -> Iterator[Source]:
         info = ggufs[0]
         name = os.path.basename(info.filename)
         if info.compress_type == zipfile.ZIP_STORED:
-            from .runtime.archive import Archive
+            from .runtime.container.archive import Archive
             with Archive.open(path, require_manifest=False) as arch:
                 m = arch.member(info.filename)
             src = Source(path, name, path, m.offset, m.size)

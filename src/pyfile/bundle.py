@@ -6,7 +6,7 @@ Python, see :mod:`pyfile.engines`), numpy, jinja2, diskcache and the server stac
 are stored by content (``o/<sha256>``: deflated, or an xz stream for big libraries), so what the versions share - the engine,
 the pure-Python packages, numpy's OpenBLAS when two versions use the same numpy - is stored
 once. An index (``.pyfile-runtime.json``) maps each target's paths to contents; the target
-extracts only its own files, once, into its cache (see ``pyfile.runtime.bundle``).
+extracts only its own files, once, into its cache (see ``pyfile.runtime.container.bundle``).
 
 Bundles are cached by their inputs, so repeated builds cost a copy, not a recompression.
 Bytecode is not shipped (it is specific to each CPython): the target compiles the bundle
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import buildcache, engines, wheels
-from .runtime.bundle import BUNDLE_FORMAT, INDEX_NAME, OBJECT_PREFIX, XZ_SUFFIX, target_key
+from .runtime.container.bundle import BUNDLE_FORMAT, INDEX_NAME, OBJECT_PREFIX, XZ_SUFFIX, target_key
 from .runtime.errors import InputError
 
 MEMBER_NAME = ".pyfile/runtime.zip"

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
-from .runtime.cpu import cache_dir
+from .runtime.backend.cpu import cache_dir
 
 KINDS = ("runtime", "native")
 

@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .runtime.errors import PyfileError
+from .runtime.rpc.protocol import DEFAULT_PORT as DEFAULT_RPC_PORT
 
 BAR_THRESHOLD = 64 << 20
 
@@ -121,7 +122,7 @@ def inspect(file: str, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=True))
 def verify(file: str) -> None:
     """Check every member's CRC-32 and recorded SHA-256, the offsets and the alignment."""
-    from .runtime.archive import Archive
+    from .runtime.container.archive import Archive
     from .runtime.errors import VerifyError
     bar = _Bar("verifying")
     with Archive.open(file) as arch:
@@ -153,7 +154,7 @@ def args(file: str, new_args: Optional[str]) -> None:
         set_args(file, new_args)
         click.echo(f"pyfile: {file}: arguments replaced", err=True)
         return
-    from .runtime.archive import Archive
+    from .runtime.container.archive import Archive
     with Archive.open(file) as arch:
         click.echo(arch.args_text(), nl=False)
 
@@ -179,10 +180,10 @@ def add(file: str, extra: List[str], align: Optional[int]) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=50052, show_default=True, type=int)
+@click.option("--port", default=DEFAULT_RPC_PORT, show_default=True, type=int)
 def worker(host: str, port: int) -> None:
     """Serve this machine's CPU to a pyfile run with --rpc (no model file needed)."""
-    from .runtime.rpc import standalone_worker
+    from .runtime.rpc.worker import standalone_worker
     sys.exit(standalone_worker(host, port))
 
 
@@ -270,7 +271,7 @@ def cache_list() -> None:
     """List unpacked runtimes with their size, last use and whether a run holds them."""
     import datetime
     from .cache import entries
-    from .runtime.cpu import cache_dir
+    from .runtime.backend.cpu import cache_dir
     items = entries()
     click.echo(f"cache: {cache_dir()}")
     for e in items:

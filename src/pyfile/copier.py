@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
-from .runtime.archive import crc32
+from .runtime.container.archive import crc32
 from .runtime.errors import InputError
 
 #: Python's buffers when the kernel cannot copy.

@@ -14,9 +14,9 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from .builder import DEFAULT_ALIGN, check_align, open_source, source_date_epoch
-from .runtime import argsfile
-from .runtime.archive import ARGS_NAME, Archive
-from .runtime.manifest import MANIFEST_NAME
+from .runtime.container import argsfile
+from .runtime.container.archive import ARGS_NAME, Archive
+from .runtime.container.manifest import MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
 

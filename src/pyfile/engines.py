@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import buildcache, elf
-from .runtime.engine import ENGINE_VERSION
+from .runtime.backend.engine import ENGINE_VERSION
 from .runtime.errors import InputError, PyfileError, UsageError
 
 ZIG_VERSION = "0.17.1"

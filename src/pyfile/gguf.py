@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
-from .runtime.engine import GGUF_MAGIC
+from .runtime.backend.engine import GGUF_MAGIC
 from .runtime.errors import GGUFError
 
 GGUF_VERSIONS = (2, 3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import gguf
-from .runtime.archive import Archive
-from .runtime.engine import GGUF_MAGIC
+from .runtime.container.archive import Archive
+from .runtime.backend.engine import GGUF_MAGIC
 
 
 def describe(path: str) -> Dict[str, Any]:

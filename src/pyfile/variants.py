@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from . import buildcache, elf
 from .engines import PROMISED_GLIBC
-from .runtime.backends import BACKENDS, LIB_OF
+from .runtime.backend.choice import BACKENDS, LIB_OF
 from .runtime.errors import InputError, UsageError
 
 #: Where published variants are looked for (shared with scripts/build-variant.sh).
@@ -133,7 +133,7 @@ def library(path: str) -> Library:
     hash, and every build packs the same one. Raises :class:`~pyfile.elf.ELFError` for a
     file that is not a 64-bit ELF shared library."""
     import hashlib
-    from .runtime.archive import crc32
+    from .runtime.container.archive import crc32
     try:
         ident = buildcache.identity(path)
     except OSError as e:

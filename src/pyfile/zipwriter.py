@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 
 from . import copier
-from .runtime.archive import crc32
+from .runtime.container.archive import crc32
 from .runtime.errors import InputError
 
 LOCAL_SIG = 0x04034B50

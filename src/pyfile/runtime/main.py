@@ -13,9 +13,10 @@ import sys
 from typing import Any, List, Optional
 
 from .. import FORMAT_VERSION, __version__
-from . import argsfile, options
-from .archive import Archive
-from .engine import GGUF_MAGIC, ModelSource
+from . import options
+from .backend.engine import GGUF_MAGIC, ModelSource
+from .container import argsfile
+from .container.archive import Archive
 from .errors import ArchiveError, InputError, PyfileError
 
 
@@ -86,33 +87,42 @@ def run(path: str, argv: List[str]) -> int:
         if opts.version:
             return print_version(arch, source)
         manifest = arch.manifest
-        from .bundle import activate
+        from .container.bundle import activate
         activate(arch)  # the carried runtime, when it fits this interpreter
     mode = choose_mode(opts)
     if opts.rpc == "none":  # a supervised server whose workers are all gone: run locally
         opts.rpc = None
-    if opts.rpc and mode != "rpc-worker" and not os.environ.get("PYFILE_RPC_CHILD"):
-        from . import rpc
-        endpoints = rpc.parse_endpoints(opts.rpc)
+    if opts.rpc and mode != "rpc-worker" and not _supervised_child():
+        from .rpc import supervisor
+        from .rpc.protocol import check_worker, parse_endpoints
+        endpoints = parse_endpoints(opts.rpc)
         for host, port in endpoints:  # unreachable or incompatible: a clean error up front
-            rpc.check_worker(host, port)
+            check_worker(host, port)
         if mode == "server":
-            return rpc.supervise_server(path, argv, endpoints, opts.host, opts.port)
-        return rpc.supervise(path, argv, endpoints)
+            return supervisor.supervise_server(path, argv, endpoints, opts.host, opts.port)
+        return supervisor.supervise(path, argv, endpoints)
     if mode == "rpc-worker":
-        from . import backends, rpc
-        sel = backends.select(source, opts.gpu, opts.verbose, manifest=manifest,
-                              archive_path=path)
-        from .engine import import_llama_cpp
-        return rpc.serve_worker(import_llama_cpp(), opts.host, opts.port, sel.kind)
+        from .backend import choice
+        from .backend.engine import import_llama_cpp
+        from .rpc.worker import serve_worker
+        sel = choice.select(source, opts.gpu, opts.verbose, manifest=manifest,
+                            archive_path=path)
+        return serve_worker(import_llama_cpp(), opts.host, opts.port, sel.kind)
     if mode == "server":
-        from . import server
-        return server.serve(source, opts, manifest, path, open_browser=True)
-    from . import modes
-    llm = modes.load(source, opts, manifest=manifest, archive_path=path)
+        from .server.app import serve
+        return serve(source, opts, manifest, path, open_browser=True)
+    from .backend.loader import load
+    llm = load(source, opts, manifest=manifest, archive_path=path)
     if mode == "chat":
-        return modes.chat(llm, opts)
-    return modes.complete(llm, opts)
+        from .modes.chat import chat
+        return chat(llm, opts)
+    from .modes.prompt import complete
+    return complete(llm, opts)
+
+
+def _supervised_child() -> bool:
+    from .rpc.supervisor import CHILD_ENV
+    return bool(os.environ.get(CHILD_ENV))
 
 
 def choose_mode(opts: Any) -> str:

@@ -29,7 +29,7 @@ def _positive_int(text: str) -> int:
 
 def _gpu_help() -> str:
     """The --gpu choices, from the backend registry: "auto, nvidia (cuda, cublas), ..."."""
-    from .backends import BACKENDS, CPU_NAMES
+    from .backend.choice import BACKENDS, CPU_NAMES
     names = []
     for b in BACKENDS:
         more = [n for n in dict.fromkeys((b.kind, *b.aliases)) if n != b.gpu]
@@ -38,7 +38,7 @@ def _gpu_help() -> str:
 
 
 def _gpu(text: str) -> str:
-    from .backends import gpu_choices
+    from .backend.choice import gpu_choices
     try:
         return gpu_choices()[text.lower()]
     except KeyError:
@@ -132,7 +132,8 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
     if ns.n_predict < -1:
         raise UsageError(f"-n/--n-predict must be -1 or more, got {ns.n_predict}")
     if ns.port is None:
-        ns.port = 50052 if ns.rpc_worker else 8080
+        from .rpc.protocol import DEFAULT_PORT
+        ns.port = DEFAULT_PORT if ns.rpc_worker else 8080
     if not 0 <= ns.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {ns.port}")
     if ns.prompt is not None and ns.file is not None:

@@ -11,11 +11,11 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import APIRouter
 
-from .server_chat import forced_tool, response_format_grammar, text_message, tool_grammar
-from .server_errors import APIError
-from .server_http import sse, sse_data
-from .server_schemas import ChatRequest, CompletionRequest, ResponsesRequest
-from .server_state import ServerState
+from ..chat import forced_tool, response_format_grammar, text_message, tool_grammar
+from ..errors import APIError
+from ..http import sse, sse_data
+from ..schemas import ChatRequest, CompletionRequest, ResponsesRequest
+from ..state import ServerState
 
 
 def _n_probs(req: Any, chat: bool) -> int:

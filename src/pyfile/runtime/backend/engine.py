@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import EngineError, EngineVersionError
+from ..errors import EngineError, EngineVersionError
 
 #: The one llama-cpp-python version the adapter below was written against: it subclasses
 #: ``_internals.LlamaModel`` with a copy of that version's private constructor.

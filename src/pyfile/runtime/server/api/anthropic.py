@@ -16,11 +16,11 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter
 
-from .server_chat import schema_grammar, tool_grammar
-from .server_errors import APIError
-from .server_http import sse, sse_data
-from .server_schemas import AnthropicCountRequest, AnthropicRequest
-from .server_state import ServerState
+from ..chat import schema_grammar, tool_grammar
+from ..errors import APIError
+from ..http import sse, sse_data
+from ..schemas import AnthropicCountRequest, AnthropicRequest
+from ..state import ServerState
 
 _STOP = {"length": "max_tokens"}
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .. import FORMAT_VERSION
-from .errors import ArchiveError
+from ... import FORMAT_VERSION
+from ..errors import ArchiveError
 
 MANIFEST_NAME = ".pyfile/manifest.json"
 MAX_MEMBERS = 100_000

@@ -13,7 +13,7 @@ import os
 import re
 from typing import List, Mapping, Optional, Sequence, Union
 
-from .errors import ArgsSyntaxError
+from ..errors import ArgsSyntaxError
 
 #: The placeholder for the user's arguments.
 ELLIPSIS = "..."

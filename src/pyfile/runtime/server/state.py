@@ -12,10 +12,10 @@ import threading
 import time
 from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
-from .server_engine import Engine, Request
-from .server_errors import APIError
-from .server_http import CURRENT_RECEIVE
-from .server_sampling import SamplingParams
+from .scheduler import Engine, Request
+from .errors import APIError
+from .http import CURRENT_RECEIVE
+from .sampling import SamplingParams
 
 
 class Generation:
@@ -111,7 +111,7 @@ class ServerState:
 
     def __init__(self, llm: Any, engine: Engine, model_id: str, model_path: str, opts: Any,
                  backend_line: str, guard: Any = None, embedder: Any = None) -> None:
-        from .server_chat import ChatTemplate
+        from .chat import ChatTemplate
         self.llm = llm
         self.engine = engine
         self.model_id = model_id
@@ -181,7 +181,7 @@ class ServerState:
         if grammar is None and g("grammar", None):
             grammar = req.grammar
         if grammar is None and g("json_schema", None):
-            from .server_chat import schema_grammar
+            from .chat import schema_grammar
             grammar = schema_grammar(req.json_schema)
         last_n = g("repeat_last_n", 64)
         return SamplingParams(

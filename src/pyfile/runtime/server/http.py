@@ -19,8 +19,8 @@ from typing import Any, AsyncIterator, Callable, Dict
 
 from fastapi.responses import StreamingResponse
 
-from .errors import UsageError
-from .server_errors import APIError, error_body
+from ..errors import UsageError
+from .errors import APIError, error_body
 
 #: The only paths answered without the API key: the web chat page (it asks for the key
 #: itself) and the health probe of load balancers.

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
-from .errors import ArchiveError, VerifyError
+from ..errors import ArchiveError, VerifyError
 from .manifest import MANIFEST_NAME, MAX_MEMBERS, Manifest
 
 ARGS_NAME = ".args"

@@ -16,8 +16,8 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from .archive import Archive
-from .engine import ENGINE_REQUIREMENT
-from .errors import EngineError
+from ..backend.engine import ENGINE_REQUIREMENT
+from ..errors import EngineError
 from .extract import cached_folder
 
 BUNDLE_FORMAT = 3

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from .server_sampling import SamplerChain, SamplingParams, top_logprobs
+from .sampling import SamplerChain, SamplingParams, top_logprobs
 
 Sink = Callable[[Dict[str, Any]], None]
 _ids = itertools.count(1)

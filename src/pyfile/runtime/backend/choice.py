@@ -20,10 +20,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import cpu, hardware
+from . import cpu
+from . import hardware
 from .engine import ModelSource, import_llama_cpp
-from .errors import BackendError
-from .manifest import Manifest
+from ..errors import BackendError
+from ..container.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -354,8 +355,8 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
 
 
 def _extract(archive_path: Optional[str], variant: Variant) -> str:
-    from .archive import Archive
-    from .extract import extract
+    from ..container.archive import Archive
+    from ..container.extract import extract
     if archive_path is None:
         raise BackendError(f"the {variant.kind} variant is packed but no archive is open")
     with Archive.open(archive_path) as arch:

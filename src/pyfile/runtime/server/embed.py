@@ -13,7 +13,7 @@ import math
 import threading
 from typing import Any, List, Optional
 
-from .server_errors import APIError
+from .errors import APIError
 
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 

@@ -10,15 +10,15 @@ from typing import Any, AsyncIterator, Dict, List
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from .. import __version__
-from .server_chat import text_message
-from .server_engine import params_info
-from .server_errors import APIError
-from .server_http import sse, sse_data
-from .server_schemas import (ApplyTemplateRequest, DetokenizeRequest, EmbeddingRequest,
+from .... import __version__
+from ..chat import text_message
+from ..scheduler import params_info
+from ..errors import APIError
+from ..http import sse, sse_data
+from ..schemas import (ApplyTemplateRequest, DetokenizeRequest, EmbeddingRequest,
                              InfillRequest, NativeCompletionRequest, RerankRequest,
                              TokenizeRequest)
-from .server_state import ServerState
+from ..state import ServerState
 
 
 def _stop_type(done: Dict[str, Any]) -> str:

@@ -17,8 +17,8 @@ import zlib
 from typing import Any, Callable, Iterator, List, Tuple
 
 from .archive import Archive
-from .cpu import cache_dir
-from .errors import ArchiveError
+from ..backend.cpu import cache_dir
+from ..errors import ArchiveError
 
 CHUNK = 1 << 20
 

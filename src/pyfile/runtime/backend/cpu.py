@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import BackendError
+from ..errors import BackendError
 
 PROBE_TIMEOUT = 300
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional
 
-from .errors import ArchiveError
+from ..errors import ArchiveError
 
 PROBE_BYTES = 4096
 

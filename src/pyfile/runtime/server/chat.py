@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-from .server_errors import APIError
+from .errors import APIError
 
 
 class ChatTemplate:

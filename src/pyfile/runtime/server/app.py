@@ -1,20 +1,19 @@
-"""Server mode: llama-server's HTTP API, OpenAI's and Anthropic's, and the web chat.
+"""Server mode: load the model, assemble the app (middleware, routes, error handlers), serve.
 
 One model, one context, ``--parallel N`` slots and one scheduler thread that decodes every
-slot's next token in one batch (:mod:`.server_engine`). The modules, one concern each:
+slot's next token in one batch (:mod:`.scheduler`). The rest of the package:
 
-- ``server.py``            loading, the app's assembly, ``serve``
-- ``server_http.py``       socket, API key (one place), body limit, server-sent events
-- ``server_errors.py``     the error bodies of every API shape
-- ``server_schemas.py``    request bodies
-- ``server_state.py``      what routes share; the bridge from a route to the engine
-- ``server_engine.py``     slots, the batch loop, prompt-prefix reuse, stop strings
-- ``server_sampling.py``   a request's sampler chain
-- ``server_chat.py``       chat templates, JSON-schema grammars, tool calls
-- ``server_embed.py``      embeddings and reranking
-- ``server_openai.py``     /v1/chat/completions, /v1/completions, /v1/models, /v1/responses
-- ``server_native.py``     llama-server's /completion, /tokenize, /props, /slots, /metrics, ...
-- ``server_anthropic.py``  /v1/messages, /v1/messages/count_tokens
+- ``http.py``        socket, API key (one place), body limit, server-sent events, web chat
+- ``errors.py``      the error bodies of every API shape
+- ``schemas.py``     request bodies
+- ``state.py``       what routes share; the bridge from a route to the scheduler
+- ``scheduler.py``   slots, the batch loop, prompt-prefix reuse, stop strings
+- ``sampling.py``    a request's sampler chain
+- ``chat.py``        chat templates, JSON-schema grammars, tool calls
+- ``embed.py``       embeddings and reranking
+- ``api/openai.py``  /v1/chat/completions, /v1/completions, /v1/models, /v1/responses
+- ``api/native.py``  llama-server's /completion, /tokenize, /props, /slots, /metrics, ...
+- ``api/anthropic.py``  /v1/messages, /v1/messages/count_tokens
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ import sys
 import threading
 from typing import Any, Optional
 
-from .. import __version__
-from .engine import ModelSource
-from .errors import EngineError
-from .manifest import Manifest
+from ... import __version__
+from ..backend.engine import ModelSource
+from ..errors import EngineError
+from ..container.manifest import Manifest
 
 try:
     import uvicorn
@@ -40,16 +39,16 @@ except ImportError as e:  # pragma: no cover - exercised on targets without the 
                       f"'{sys.executable} -m pip install fastapi uvicorn', or use a pyfile "
                       f"built with its runtime inside") from None
 
-from .server_engine import Engine
-from .server_errors import APIError
-from .server_http import ApiKey, BodyLimit, ClientWatch, bind, flavor_of, web_chat_html
-from .server_http import open_browser as _open_browser
-from .server_state import ServerState
+from .scheduler import Engine
+from .errors import APIError
+from .http import ApiKey, BodyLimit, ClientWatch, bind, flavor_of, web_chat_html
+from .http import open_browser as _open_browser
+from .state import ServerState
 
 
 def create_app(state: ServerState) -> Any:
     """The FastAPI app over ``state``: middlewares, error shapes, the routers."""
-    from . import server_anthropic, server_native, server_openai
+    from .api import anthropic, native, openai
     opts = state.opts
     app = FastAPI(title="pyfile", version=__version__, docs_url=None, redoc_url=None)
     # The last one added runs first: body limit, then CORS (so a 401 carries its headers),
@@ -88,9 +87,9 @@ def create_app(state: ServerState) -> Any:
     async def index() -> HTMLResponse:
         return HTMLResponse(web_chat_html())
 
-    app.include_router(server_native.router(state))
-    app.include_router(server_openai.router(state))
-    app.include_router(server_anthropic.router(state))
+    app.include_router(native.router(state))
+    app.include_router(openai.router(state))
+    app.include_router(anthropic.router(state))
     app.state.pyfile = state
     return app
 
@@ -100,7 +99,7 @@ class LoadedModel:
 
     def __init__(self, source: ModelSource, opts: Any, manifest: Optional[Manifest],
                  archive_path: Optional[str]) -> None:
-        from .modes import Loader
+        from ..modes.prompt import Loader
         from llama_cpp import llama_cpp as L
         self.L = L
         self.loader = Loader(source, opts, manifest, archive_path)
@@ -139,7 +138,7 @@ class LoadedModel:
         """The embedding context, created on first use (it shares the weights)."""
         with self._embed_lock:
             if self._embedder is None:
-                from .server_embed import Embedder
+                from .embed import Embedder
                 from llama_cpp._utils import suppress_stdout_stderr
                 with suppress_stdout_stderr(disable=self.opts.verbose):
                     self._embedder = Embedder(self.L, self.model, self.base_params,
@@ -163,7 +162,7 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
-    from .rpc import CHILD_ENV
+    from ..rpc.supervisor import CHILD_ENV
     if not os.environ.get(CHILD_ENV):  # a supervised RPC child: the parent shows its address
         sys.stderr.write(f"pyfile: serving the web chat at {url} and the OpenAI API at "
                          f"{url}v1 ({opts.parallel} slot{'s' if opts.parallel > 1 else ''} "
@@ -171,7 +170,7 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     if host not in ("127.0.0.1", "::1", "localhost") and not opts.api_key:
         sys.stderr.write("pyfile: warning: listening beyond this machine without --api-key\n")
     sys.stderr.flush()
-    from .ready import announce
+    from ..ready import announce
     announce(host, port, url)  # for programs (the RPC supervisor, tests): see ready.py
     if open_browser and not opts.nobrowser:
         _open_browser(url)

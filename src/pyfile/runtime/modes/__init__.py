@@ -1,0 +1,1 @@
+"""The terminal run modes: one prompt (``-p``) and the interactive chat (``--chat``)."""
