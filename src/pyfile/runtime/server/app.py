@@ -99,7 +99,7 @@ class LoadedModel:
 
     def __init__(self, source: ModelSource, opts: Any, manifest: Optional[Manifest],
                  archive_path: Optional[str]) -> None:
-        from ..modes.prompt import Loader
+        from ..backend.loader import Loader
         from llama_cpp import llama_cpp as L
         self.L = L
         self.loader = Loader(source, opts, manifest, archive_path)
