@@ -77,6 +77,8 @@ def cli() -> None:
 @click.option("--engine", "engine_wheel", default=None, type=click.Path(),
               help="Pack this llama-cpp-python wheel (default: the one 'pyfile engine build' "
                    "made).")
+@click.option("--mmproj", default=None, type=click.Path(dir_okay=True), metavar="GGUF",
+              help="A multimodal projector for MODEL: the file then takes images.")
 @click.option("--sha256", is_flag=True,
               help="Also record the SHA-256 of the model and extra files (as sha256sum "
                    "prints it; one more pass over the weights). CRC-32 always.")
@@ -86,8 +88,11 @@ def cli() -> None:
 def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], no_gpu_variants: bool, slim: bool,
           pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
-          sha256: bool, allow_unportable_engine: bool) -> None:
-    """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT."""
+          sha256: bool, allow_unportable_engine: bool, mmproj: Optional[str]) -> None:
+    """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT.
+
+    EXTRA may hold more models (the file serves them all; MODEL is the default) and
+    projectors (each paired with the model before it)."""
     from .builder import DEFAULT_ALIGN, RuntimeOptions, build as do_build
     align = DEFAULT_ALIGN if align is None else align
     if args_file is not None:
@@ -97,7 +102,7 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), runtime=runtime,
-                          sha256=sha256, gpu_variants=not no_gpu_variants)
+                          sha256=sha256, gpu_variants=not no_gpu_variants, mmproj=mmproj)
     finally:
         bar.finish()
     for note in result.notes:
@@ -161,21 +166,25 @@ def args(file: str, new_args: Optional[str]) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=True))
-@click.argument("extra", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("extra", nargs=-1, type=click.Path(dir_okay=True))
+@click.option("--mmproj", default=None, type=click.Path(dir_okay=True), metavar="GGUF",
+              help="A multimodal projector for FILE's default model.")
 @click.option("--align", default=None, type=int,
               help="Align the new members' data to this many bytes (default 65536).")
-def add(file: str, extra: List[str], align: Optional[int]) -> None:
-    """Append EXTRA files (another model, an mmproj, a prompt) to FILE in place."""
+def add(file: str, extra: List[str], align: Optional[int], mmproj: Optional[str]) -> None:
+    """Append EXTRA files (another model, an mmproj, a prompt) to FILE in place.
+
+    A projector is paired with the model added before it, else with FILE's default model."""
     from .builder import DEFAULT_ALIGN
     from .editor import add_files
     align = DEFAULT_ALIGN if align is None else align
     bar = _Bar("adding")
     try:
-        bar.start(sum(os.path.getsize(p) for p in extra if os.path.isfile(p)))
-        add_files(file, list(extra), align, progress=bar.update)
+        bar.start(sum(os.path.getsize(p) for p in (*extra, mmproj or "") if os.path.isfile(p)))
+        add_files(file, list(extra), align, progress=bar.update, mmproj=mmproj)
     finally:
         bar.finish()
-    click.echo(f"pyfile: {file}: added {len(extra)} file(s)", err=True)
+    click.echo(f"pyfile: {file}: added {len(extra) + bool(mmproj)} file(s)", err=True)
 
 
 @cli.command()
@@ -271,9 +280,9 @@ def cache_list() -> None:
     """List unpacked runtimes with their size, last use and whether a run holds them."""
     import datetime
     from .cache import entries
-    from .runtime.backend.cpu import cache_dir
+    from .runtime.container.paths import run_cache
     items = entries()
-    click.echo(f"cache: {cache_dir()}")
+    click.echo(f"cache: {run_cache()}")
     for e in items:
         when = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
         click.echo(f"  {e.kind:8} {_size(e.size):>10}  used {when}  "

@@ -4,18 +4,20 @@ New members, a new manifest and a new central directory are appended after the c
 end of the file; the old ``.args``/manifest bytes stay behind as dead space (llamafile's
 zipalign works the same way). The cost is O(new data), not O(model size). If anything
 fails, even Ctrl-C, the file is truncated back to its old length, which is the old,
-valid archive.
+valid archive. An edit holds the file's exclusive lock throughout; runs hold the shared one
+while they read the zip directory, ``.args`` and the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
-from .builder import DEFAULT_ALIGN, check_align, open_source, source_date_epoch
+from .builder import (DEFAULT_ALIGN, check_align, member_kind, open_source, pair_projectors,
+                      record_models, source_date_epoch)
 from .runtime.container import argsfile
-from .runtime.container.archive import ARGS_NAME, Archive
+from .runtime.container.archive import ARGS_NAME, Archive, own
 from .runtime.container.manifest import MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
@@ -42,9 +44,24 @@ def _sha(arch: Archive, name: str) -> str:
     return entry.get("sha256", "") if entry else ""
 
 
+@contextlib.contextmanager
+def _editing(path: str) -> Iterator[None]:
+    """Hold the pyfile's exclusive lock for a whole edit, from reading its directory to
+    the flushed new end: a run (or ``inspect``) reading it, or a second edit, waits; so
+    does this edit for them (see ``Archive.open``)."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        yield  # Archive.open says why in one line
+        return
+    with f:
+        own(f)
+        yield
+
+
 def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
-            progress: Progress) -> None:
-    with Archive.open(path) as arch:
+            progress: Progress, mmproj: Optional[str] = None) -> None:
+    with Archive.open(path, lock=False) as arch:  # the caller holds _editing(path)
         man = arch.manifest
         man.members = [r for r in man.members if r["name"] not in replace]
         existing = _existing_entries(arch, set(replace) | {MANIFEST_NAME})
@@ -52,12 +69,18 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
     epoch = source_date_epoch()
     workdir = os.path.dirname(os.path.abspath(path))
     with contextlib.ExitStack() as stack:
+        if mmproj:
+            add = [mmproj, *add]
         sources = [stack.enter_context(open_source(p, workdir, want_gguf=False)) for p in add]
+        if mmproj and (sources[0].info is None or not sources[0].info.is_projector):
+            raise InputError(f"--mmproj {mmproj}: not a multimodal projector (a GGUF whose "
+                             f"architecture is 'clip')")
         taken = {e.name for e in existing} | set(replace) | {MANIFEST_NAME}
         for src in sources:
             if src.name in taken:
                 raise UsageError(f"{path} already holds a member named {src.name!r}")
             taken.add(src.name)
+        pairs = pair_projectors(sources, man.models, man.default_model)
         try:
             f = open(path, "r+b")
         except OSError as e:
@@ -71,10 +94,8 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
                 for src in sources:
                     entry = w.add_stream(src.name, src.file, src.offset, src.size,
                                          align=align, progress=progress, origin=src.path)
-                    kind = "model" if src.info is not None else "file"
-                    man.add_member(entry, kind, align)
-                    if src.info is not None:
-                        man.models[src.name] = src.info.summary()
+                    man.add_member(entry, member_kind(src), align)
+                record_models(man, sources, pairs)
                 if epoch is not None:
                     man.source_date_epoch = epoch
                 w.add_bytes(MANIFEST_NAME, man.to_bytes())
@@ -92,14 +113,20 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
 def set_args(path: str, args_text: str) -> None:
     """Replace the baked ``.args`` of ``path`` in place."""
     argsfile.parse(args_text, env={})
-    _append(path, {ARGS_NAME: args_text.encode("utf-8")}, [], DEFAULT_ALIGN, None)
+    with _editing(path):
+        _append(path, {ARGS_NAME: args_text.encode("utf-8")}, [], DEFAULT_ALIGN, None)
 
 
 def add_files(path: str, files: List[str], align: int = DEFAULT_ALIGN,
-              progress: Progress = None) -> None:
-    """Append ``files`` (a second model, an mmproj, a prompt file...) to ``path``."""
+              progress: Progress = None, mmproj: Optional[str] = None) -> None:
+    """Append ``files`` (a second model, an mmproj, a prompt file...) to ``path``.
+
+    A projector (mmproj) is paired with the model added before it, else with the file's
+    default model; one whose width does not match that model is refused (nothing
+    written)."""
     check_align(align)
-    if not files:
+    if not files and not mmproj:
         raise UsageError("nothing to add")
-    _append(path, {}, files, align, progress)
+    with _editing(path):
+        _append(path, {}, files, align, progress, mmproj)
 

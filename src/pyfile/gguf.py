@@ -171,7 +171,31 @@ class GGUFInfo:
             "alignment": self.alignment,
             "data_offset": self.data_offset,
             "size": self.size,
+            **self._role(),
         }
+
+    #: The architecture name of multimodal projectors (llama.cpp's clip.cpp reads these).
+    PROJECTOR_ARCH = "clip"
+
+    @property
+    def is_projector(self) -> bool:
+        """A multimodal projector (an "mmproj"), not a language model."""
+        return self.architecture == self.PROJECTOR_ARCH
+
+    def _role(self) -> Dict[str, Any]:
+        """What the file is for beyond text: a projector's type, the width of the
+        embeddings it makes (which must equal its model's ``embedding_length``) and its
+        inputs; a model's pooling (an embedding model names one)."""
+        if self.is_projector:
+            return {"projector": {
+                "type": self.get("clip.projector_type") or self.get("clip.vision.projector_type"),
+                "projection_dim": _int_or_none(self.get("clip.vision.projection_dim")),
+                "vision": self.get("clip.has_vision_encoder") is True,
+                "audio": self.get("clip.has_audio_encoder") is True,
+                "image_size": _int_or_none(self.get("clip.vision.image_size")),
+            }}
+        pooling = _int_or_none(self.arch_get("pooling_type"))
+        return {} if pooling is None else {"pooling_type": pooling}
 
 
 def _int_or_none(v: Any) -> Optional[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import gguf
+from .runtime import versions
 from .runtime.container.archive import Archive
 from .runtime.backend.engine import GGUF_MAGIC
 
@@ -22,6 +23,7 @@ def describe(path: str) -> Dict[str, Any]:
                 "chat_template": _template(info)}
     with Archive.open(path) as arch:
         models: Dict[str, Any] = {}
+        projectors: Dict[str, Any] = {}
         members: List[Dict[str, Any]] = []
         for m in sorted(arch.members.values(), key=lambda m: m.offset):
             entry = arch.manifest_entry(m.name) or {}
@@ -31,14 +33,17 @@ def describe(path: str) -> Dict[str, Any]:
                 "size": m.size, "stored": m.stored, "align": align,
                 "aligned": align <= 1 or m.offset % align == 0,
             })
-            if entry.get("kind") == "model":
+            if entry.get("kind") in ("model", "mmproj"):
                 # Read the GGUF in place, straight out of the archive (no extraction).
-                models[m.name] = gguf.read(path, m.offset, m.size).summary()
+                summary = gguf.read(path, m.offset, m.size).summary()
+                (projectors if entry["kind"] == "mmproj" else models)[m.name] = summary
+        for name, summary in models.items():
+            summary["mmproj"] = arch.manifest.mmproj(name)
         return {
             "kind": "pyfile", "path": path, "size": arch.file_size,
             "format": arch.manifest.format, "tool": arch.manifest.tool,
             "engine": arch.manifest.engine,
-            "default_model": arch.default_model, "models": models,
+            "default_model": arch.default_model, "models": models, "projectors": projectors,
             "args": arch.args_text(), "members": members,
             "runtimes": [{"python": r.get("python"), "libc": r.get("libc"),
                           "libc_version": r.get("libc_version"), "machine": r.get("machine")}
@@ -80,10 +85,16 @@ def format_text(info: Dict[str, Any]) -> str:
                  f"engine llama-cpp-python {info['engine']}), {info['size']} bytes")
     for name, s in info["models"].items():
         lines += _model_lines(name + (" (default)" if name == info["default_model"] else ""), s)
+        proj = info["projectors"].get(s.get("mmproj") or "")
+        if proj:
+            p = proj["projector"]
+            inputs = ", ".join(k for k in ("vision", "audio") if p.get(k)) or "none"
+            lines.append(f"  projector       {s['mmproj']} ({p.get('type')}, embeddings "
+                         f"{p.get('projection_dim')} wide; inputs: {inputs})")
     rts = info.get("runtimes") or []
     if rts:
         floor = max((str(r.get("libc_version")) for r in rts),
-                    key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
+                    key=versions.parse_or)
         lines.append(f"runtime         CPython {', '.join(str(r['python']) for r in rts)} "
                      f"on {rts[0].get('machine')} Linux, glibc {floor} or newer")
     else:

@@ -28,6 +28,9 @@ class Manifest:
     default_model: Optional[str] = None
     members: List[Dict[str, Any]] = field(default_factory=list)
     models: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: Multimodal projectors (member -> summary with its ``projection_dim``); a model they
+    #: belong to names one in its record's ``"mmproj"``.
+    projectors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     runtimes: List[Dict[str, Any]] = field(default_factory=list)  # one per CPython target
     source_date_epoch: Optional[int] = None
@@ -45,6 +48,16 @@ class Manifest:
     def names(self, kind: str) -> List[str]:
         """Names of the members of one kind ("model", "variant", ...), in file order."""
         return [m["name"] for m in self.members if m.get("kind") == kind]
+
+    def mmproj(self, model: str) -> Optional[str]:
+        """The member holding ``model``'s projector, or None (a text-only model)."""
+        name = (self.models.get(model) or {}).get("mmproj")
+        return name if isinstance(name, str) and self.entry(name) is not None else None
+
+    def pair(self, model: str, projector: str, summary: Dict[str, Any]) -> None:
+        """Record ``projector`` (a member) as ``model``'s multimodal projector."""
+        self.projectors[projector] = summary
+        self.models.setdefault(model, {})["mmproj"] = projector
 
     @property
     def pythons(self) -> List[str]:
@@ -70,6 +83,8 @@ class Manifest:
         }
         if self.source_date_epoch is not None:
             data["source_date_epoch"] = self.source_date_epoch
+        if self.projectors:  # absent otherwise: text-only files keep their bytes
+            data["projectors"] = self.projectors
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
     # -- parsing ---------------------------------------------------------------------------
@@ -109,7 +124,8 @@ class Manifest:
         default = data.get("default_model")
         if default is not None and (not isinstance(default, str) or default not in seen):
             raise bad("default_model does not name a member")
-        for key, kind in (("models", dict), ("variants", dict), ("runtimes", list)):
+        for key, kind in (("models", dict), ("variants", dict), ("runtimes", list),
+                          ("projectors", dict)):
             if not isinstance(data.get(key, kind()), kind):
                 raise bad(f"{key!r} must be {'an object' if kind is dict else 'a list'}")
         variants = {k: v for k, v in (data.get("variants") or {}).items()
@@ -122,6 +138,8 @@ class Manifest:
                    default_model=default, members=members,
                    models={k: v for k, v in (data.get("models") or {}).items()
                            if isinstance(v, dict)},
+                   projectors={k: v for k, v in (data.get("projectors") or {}).items()
+                               if isinstance(k, str) and isinstance(v, dict)},
                    variants=variants, runtimes=runtimes,
                    source_date_epoch=epoch if isinstance(epoch, int) else None, format=fmt)
 
