@@ -60,6 +60,26 @@ class Member:
         return self.method == zipfile.ZIP_STORED
 
 
+def _flock(fp: BinaryIO, exclusive: bool) -> None:
+    import fcntl
+    try:
+        fcntl.flock(fp.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except OSError as e:  # a filesystem without flock (some network ones): no lock to take
+        import errno
+        if e.errno not in (errno.ENOLCK, errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
+def share(fp: BinaryIO) -> None:
+    """Take the readers' lock on an open pyfile (waits for an edit in progress)."""
+    _flock(fp, exclusive=False)
+
+
+def own(fp: BinaryIO) -> None:
+    """Take the editor's lock on an open pyfile (waits for readers and other edits)."""
+    _flock(fp, exclusive=True)
+
+
 class Archive:
     """An open pyfile. Use :meth:`open`; close it (or use ``with``) when done."""
 
@@ -74,12 +94,20 @@ class Archive:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, *, require_manifest: bool = True) -> "Archive":
+    def open(cls, path: str, *, require_manifest: bool = True,
+             lock: bool = True) -> "Archive":
+        """Open and check ``path``. With ``lock`` (the default) the open archive holds a
+        shared ``flock`` on the file until it is closed, so an in-place edit (``pyfile args
+        --set``, ``pyfile add``, which take the exclusive lock) never changes the zip
+        directory, ``.args`` or the manifest while they are read; opening waits for an edit
+        in progress. An editor that holds the exclusive lock itself passes ``lock=False``."""
         try:
             fp = open(path, "rb")
         except OSError as e:
             raise ArchiveError(f"{path}: cannot open: {e.strerror or e}") from None
         try:
+            if lock:
+                share(fp)
             size = os.fstat(fp.fileno()).st_size
             try:
                 zf = zipfile.ZipFile(fp)
