@@ -280,9 +280,9 @@ def cache_list() -> None:
     """List unpacked runtimes with their size, last use and whether a run holds them."""
     import datetime
     from .cache import entries
-    from .runtime.backend.cpu import cache_dir
+    from .runtime.container.paths import run_cache
     items = entries()
-    click.echo(f"cache: {cache_dir()}")
+    click.echo(f"cache: {run_cache()}")
     for e in items:
         when = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
         click.echo(f"  {e.kind:8} {_size(e.size):>10}  used {when}  "

@@ -4,19 +4,20 @@ New members, a new manifest and a new central directory are appended after the c
 end of the file; the old ``.args``/manifest bytes stay behind as dead space (llamafile's
 zipalign works the same way). The cost is O(new data), not O(model size). If anything
 fails, even Ctrl-C, the file is truncated back to its old length, which is the old,
-valid archive.
+valid archive. An edit holds the file's exclusive lock throughout; runs hold the shared one
+while they read the zip directory, ``.args`` and the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from .builder import (DEFAULT_ALIGN, check_align, member_kind, open_source, pair_projectors,
                       record_models, source_date_epoch)
 from .runtime.container import argsfile
-from .runtime.container.archive import ARGS_NAME, Archive
+from .runtime.container.archive import ARGS_NAME, Archive, own
 from .runtime.container.manifest import MANIFEST_NAME
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter
@@ -43,9 +44,24 @@ def _sha(arch: Archive, name: str) -> str:
     return entry.get("sha256", "") if entry else ""
 
 
+@contextlib.contextmanager
+def _editing(path: str) -> Iterator[None]:
+    """Hold the pyfile's exclusive lock for a whole edit, from reading its directory to
+    the flushed new end: a run (or ``inspect``) reading it, or a second edit, waits; so
+    does this edit for them (see ``Archive.open``)."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        yield  # Archive.open says why in one line
+        return
+    with f:
+        own(f)
+        yield
+
+
 def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
             progress: Progress, mmproj: Optional[str] = None) -> None:
-    with Archive.open(path) as arch:
+    with Archive.open(path, lock=False) as arch:  # the caller holds _editing(path)
         man = arch.manifest
         man.members = [r for r in man.members if r["name"] not in replace]
         existing = _existing_entries(arch, set(replace) | {MANIFEST_NAME})
@@ -97,7 +113,8 @@ def _append(path: str, replace: Dict[str, bytes], add: List[str], align: int,
 def set_args(path: str, args_text: str) -> None:
     """Replace the baked ``.args`` of ``path`` in place."""
     argsfile.parse(args_text, env={})
-    _append(path, {ARGS_NAME: args_text.encode("utf-8")}, [], DEFAULT_ALIGN, None)
+    with _editing(path):
+        _append(path, {ARGS_NAME: args_text.encode("utf-8")}, [], DEFAULT_ALIGN, None)
 
 
 def add_files(path: str, files: List[str], align: int = DEFAULT_ALIGN,
@@ -110,5 +127,6 @@ def add_files(path: str, files: List[str], align: int = DEFAULT_ALIGN,
     check_align(align)
     if not files and not mmproj:
         raise UsageError("nothing to add")
-    _append(path, {}, files, align, progress, mmproj)
+    with _editing(path):
+        _append(path, {}, files, align, progress, mmproj)
 

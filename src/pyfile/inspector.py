@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import gguf
+from .runtime import versions
 from .runtime.container.archive import Archive
 from .runtime.backend.engine import GGUF_MAGIC
 
@@ -93,7 +94,7 @@ def format_text(info: Dict[str, Any]) -> str:
     rts = info.get("runtimes") or []
     if rts:
         floor = max((str(r.get("libc_version")) for r in rts),
-                    key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))
+                    key=versions.parse_or)
         lines.append(f"runtime         CPython {', '.join(str(r['python']) for r in rts)} "
                      f"on {rts[0].get('machine')} Linux, glibc {floor} or newer")
     else:
