@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import gguf
-from .runtime import versions
+from .runtime.container import versions
 from .runtime.container.archive import Archive
 from .runtime.backend.engine import GGUF_MAGIC
 
