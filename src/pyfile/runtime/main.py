@@ -76,6 +76,8 @@ def run(path: str, argv: List[str]) -> int:
         if opts.help:
             options.parser(os.path.basename(path)).print_help()
             return 0
+        for line in options.warnings(opts):
+            log(f"warning: {line}")
         if opts.verify:
             problems = arch.verify()
             if problems:

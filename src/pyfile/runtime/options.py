@@ -10,7 +10,26 @@ from __future__ import annotations
 import argparse
 from typing import List, NoReturn, Optional
 
-from .errors import UsageError
+from .errors import InputError, UsageError
+
+#: llama-server's KV cache types (``-ctk``/``-ctv``), by name.
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+#: llama-server flags a pyfile accepts but cannot honour ("|"-joined spellings -> metavar);
+#: each given one prints one warning line saying why (:func:`warnings`).
+IGNORED_SERVER_FLAGS = {"--lora": "FILE", "--lora-scaled": "FILE:SCALE",
+                        "--slot-save-path": "PATH", "--reasoning-format": "FORMAT",
+                        "-to|--timeout": "SECONDS", "--sleep-idle-seconds": "SECONDS"}
+_IGNORED_WHY = {
+    "lora": "LoRA adapters are not supported; the model runs without it",
+    "lora_scaled": "LoRA adapters are not supported; the model runs without it",
+    "slot_save_path": "slots are not saved to disk (/slots/ID?action=save is not served)",
+    "reasoning_format": "reasoning is not extracted; thoughts stay in the message content",
+    "timeout": "the server has no read/write timeout; a request runs until it ends or its "
+               "client hangs up",
+    "sleep_idle_seconds": "the model stays loaded while the server runs",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit code 2, no usage dump
@@ -103,13 +122,24 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=_positive_int, default=None, help="8080 (server), 50052 (worker)")
     g.add_argument("--nobrowser", action="store_true")
-    g.add_argument("--api-key", default=None)
-    g.add_argument("--parallel", "-np", type=_positive_int, default=4, metavar="N",
+    g.add_argument("--api-key", default=None, metavar="KEY[,KEY...]",
+                   help="require one of these keys on every route but / and /health")
+    g.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="more keys, one per line ('#' starts a comment line)")
+    g.add_argument("--parallel", "-np", type=_positive_int, default=None, metavar="N",
                    help="slots: requests decoded together in one batch (default 4); more "
-                        "wait in line; -c is shared by all slots")
+                        "wait in line; given, each slot gets -c/N tokens unless --kv-unified")
+    g.add_argument("-kvu", "--kv-unified", dest="kv_unified", action="store_true",
+                   default=None, help="one KV cache shared by all slots (the default "
+                                      "without -np): a request may use all of -c")
+    g.add_argument("-no-kvu", "--no-kv-unified", dest="kv_unified", action="store_false",
+                   help="each slot gets its own -c/N tokens (the default with -np)")
     g.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, metavar="N",
                    help="physical batch size; also the longest embedding input")
-    g.add_argument("-a", "--alias", default=None, metavar="NAME", help="the model's name in the API")
+    g.add_argument("-a", "--alias", default=None, metavar="NAME[,NAME...]",
+                   help="the model's name(s) in the API (the first in sorted order is its id)")
+    g.add_argument("--tags", default=None, metavar="TAG[,TAG...]",
+                   help="informational tags listed by /v1/models")
     g.add_argument("--metrics", action="store_true", help="expose /metrics (Prometheus)")
     g.add_argument("--slots", dest="no_slots", action="store_false", default=False,
                    help="expose /slots (the default)")
@@ -121,6 +151,37 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--reranking", "--rerank", action="store_true",
                    help="serve /reranking (same as --pooling rank)")
     g.add_argument("--cors", action="store_true", help="allow cross-origin browser requests")
+    g.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", default=True,
+                   help="do not serve the web chat at /")
+    g.add_argument("--webui", "--ui", dest="webui", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="auto",
+                   metavar="on|off|auto", help="flash attention (default: auto, where the "
+                                               "backend has it)")
+    g.add_argument("-ctk", "--cache-type-k", default="f16", metavar="TYPE",
+                   choices=KV_CACHE_TYPES, help=f"KV cache type for K: "
+                                                f"{', '.join(KV_CACHE_TYPES)} (default f16)")
+    g.add_argument("-ctv", "--cache-type-v", default="f16", metavar="TYPE",
+                   choices=KV_CACHE_TYPES, help="KV cache type for V (quantized V needs "
+                                                "flash attention)")
+    g.add_argument("--chat-template", default=None, metavar="NAME|JINJA",
+                   help="a built-in template by name (chatml, llama3, ...) or Jinja text, "
+                        "instead of the model's own")
+    g.add_argument("--chat-template-file", default=None, metavar="FILE",
+                   help="a Jinja chat template from FILE, instead of the model's own")
+    g.add_argument("--jinja", dest="jinja", action="store_true", default=True,
+                   help=argparse.SUPPRESS)  # llama-server's; templates are always Jinja here
+    g.add_argument("--no-jinja", dest="jinja", action="store_false", help=argparse.SUPPRESS)
+    g.add_argument("--mlock", action="store_true",
+                   help="keep the weights in RAM (no swapping out)")
+    g.add_argument("--warmup", dest="warmup", action="store_true", default=False,
+                   help=argparse.SUPPRESS)
+    g.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help=argparse.SUPPRESS)  # the server never warms up: nothing to turn off
+    # llama-server flags that have no effect here: accepted, each with one warning line.
+    for flag, metavar in IGNORED_SERVER_FLAGS.items():
+        g.add_argument(*flag.split("|"), default=None, metavar=metavar,
+                       dest="ignored_" + flag.split("|")[-1].lstrip("-").replace("-", "_"),
+                       help=argparse.SUPPRESS)
     g.add_argument("--max-body", type=_positive_int, default=8 << 20, metavar="BYTES",
                    help=argparse.SUPPRESS)
     return p
@@ -144,10 +205,61 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
         except ValueError:
             raise UsageError(f"--tensor-split must be numbers separated by commas, "
                              f"got {ns.tensor_split!r}") from None
-    if ns.parallel < 1:
+    if ns.parallel is None:  # llama-server's "auto": 4 slots sharing one KV cache
+        ns.parallel = 4
+        if ns.kv_unified is None:
+            ns.kv_unified = True
+    elif ns.parallel < 1:
         raise UsageError("--parallel must be at least 1")
+    if ns.kv_unified is None:  # -np N given: each slot gets its own -c/N, as llama-server
+        ns.kv_unified = False
+    fa = str(ns.flash_attn).lower()
+    ns.flash_attn = {"1": "on", "true": "on", "enabled": "on", "0": "off", "false": "off",
+                     "disabled": "off"}.get(fa, fa)
+    if ns.flash_attn not in ("on", "off", "auto"):
+        raise UsageError(f"--flash-attn must be on, off or auto, got {ns.flash_attn!r}")
+    ns.aliases = sorted(set(_csv(ns.alias)))  # llama-server keeps them in a sorted set
+    ns.alias = ns.aliases[0] if ns.aliases else None
+    ns.tags = sorted(set(_csv(ns.tags)))
+    ns.api_keys = _csv(ns.api_key) + (_key_file(ns.api_key_file) if ns.api_key_file else [])
+    ns.api_key = ns.api_keys[0] if ns.api_keys else None
+    if ns.chat_template_file is not None:
+        ns.chat_template = _read_text(ns.chat_template_file, "--chat-template-file")
     if ns.reranking:
         ns.pooling = "rank"
     if ns.temp < 0:
         raise UsageError(f"--temp must be >= 0, got {ns.temp}")
     return ns
+
+
+def warnings(ns: argparse.Namespace) -> List[str]:
+    """One line for each accepted llama-server flag that has no effect here."""
+    out = [f"--{name.replace('_', '-')}: {why}; ignored" for name, why in _IGNORED_WHY.items()
+           if getattr(ns, "ignored_" + name, None) is not None]
+    if not ns.jinja:
+        out.append("--no-jinja: chat templates are always rendered with Jinja2 here "
+                   "(built-in names work with --chat-template); ignored")
+    return out
+
+
+def _csv(text: Optional[str]) -> List[str]:
+    """llama-server's comma-separated lists (--alias, --tags, --api-key): stripped, no empties."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _read_text(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{flag} {path}: cannot read it "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _key_file(path: str) -> List[str]:
+    """llama-server's --api-key-file: one key per line; lines starting with '#' are comments."""
+    keys = [line.strip() for line in _read_text(path, "--api-key-file").splitlines()]
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise InputError(f"--api-key-file {path}: holds no key (one per line)")
+    return keys

@@ -41,6 +41,7 @@ class Loader:
             n_ctx=max(opts.ctx_size, 256) if opts.ctx_size else 0, n_batch=opts.batch_size,
             n_gpu_layers=self.selection.n_gpu_layers,
             use_mmap=not opts.no_mmap and source.offset % 32 == 0, verbose=opts.verbose,
+            use_mlock=opts.mlock,
             seed=opts.seed if opts.seed >= 0 else 0xFFFFFFFF,
             use_extra_bufts=self.selection.extra_bufts,
         )
