@@ -150,7 +150,16 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)  # llama-server's; embeddings are always on here
     g.add_argument("--reranking", "--rerank", action="store_true",
                    help="serve /reranking (same as --pooling rank)")
-    g.add_argument("--cors", action="store_true", help="allow cross-origin browser requests")
+    g.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME,...",
+                   help="also answer requests whose Host is one of these names (besides IP "
+                        "addresses, localhost, *.localhost and --host); '*.example.com' "
+                        "patterns; '*' turns the Host check off; also PYFILE_ALLOWED_HOSTS")
+    g.add_argument("--cors-origins", action="append", default=[], metavar="ORIGIN,...",
+                   help="web pages (http://site:port) allowed to call the server from a "
+                        "browser, besides loopback pages and the web chat; '*' allows any; "
+                        "also PYFILE_CORS_ORIGINS")
+    g.add_argument("--cors", action="store_true",
+                   help="allow every web page to call the server (= --cors-origins '*')")
     g.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", default=True,
                    help="do not serve the web chat at /")
     g.add_argument("--webui", "--ui", dest="webui", action="store_true", help=argparse.SUPPRESS)
@@ -229,6 +238,12 @@ def parse(argv: List[str], prog: Optional[str] = None) -> argparse.Namespace:
         ns.pooling = "rank"
     if ns.temp < 0:
         raise UsageError(f"--temp must be >= 0, got {ns.temp}")
+    if ns.cors_origins:
+        from .server.sites import check_origin_flag, split_list
+        for entry in split_list(ns.cors_origins):
+            problem = check_origin_flag(entry)
+            if problem:
+                raise UsageError(problem)
     return ns
 
 

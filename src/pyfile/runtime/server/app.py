@@ -3,7 +3,10 @@
 One model, one context, ``--parallel N`` slots and one scheduler thread that decodes every
 slot's next token in one batch (:mod:`.scheduler`). The rest of the package:
 
-- ``http.py``        socket, API key (one place), body limit, server-sent events, web chat
+- ``http.py``        socket, Host/Origin guard, API key (one place), body limit, server-sent
+                     events, web chat
+- ``sites.py``       which hosts and web pages may drive the server
+- ``limits.py``      the checks of a request that need the model (vocabulary, context)
 - ``errors.py``      the error bodies of every API shape
 - ``schemas.py``     request bodies
 - ``state.py``       what routes share; the bridge from a route to the scheduler
@@ -41,8 +44,10 @@ except ImportError as e:  # pragma: no cover - exercised on targets without the 
 
 from .scheduler import Engine
 from .errors import APIError
-from .http import ApiKey, BodyLimit, ClientWatch, bind, flavor_of, web_chat_html
+from .http import ApiKey, BodyLimit, ClientWatch, SiteGuard, bind, flavor_of, web_chat_html
 from .http import open_browser as _open_browser
+from .schemas import FieldError
+from .sites import SitePolicy
 from .state import ServerState
 
 
@@ -51,19 +56,19 @@ def create_app(state: ServerState) -> Any:
     from .api import anthropic, native, openai
     opts = state.opts
     app = FastAPI(title="pyfile", version=__version__, docs_url=None, redoc_url=None)
-    # The last one added runs first: body limit, then CORS (so a 401 carries its headers),
-    # then the API key, then the client watch, then the routes.
+    # The last one added runs first: the Host/Origin guard (403 before anything else; CORS
+    # headers on every answer to an allowed page, a 401 included), the API key (before the
+    # body is read), the body limit, the client watch, then the routes.
     app.add_middleware(ClientWatch)
-    if opts.api_key:
-        app.add_middleware(ApiKey, key=opts.api_key)
-    if opts.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
-                           allow_headers=["*"])
     app.add_middleware(BodyLimit, limit=opts.max_body)
+    if opts.api_key:
+        app.add_middleware(ApiKey, key=getattr(opts, "api_keys", None) or opts.api_key)
+    app.add_middleware(SiteGuard, policy=SitePolicy.from_options(opts))
 
     def reply(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(flavor_of(request.url.path)), status_code=e.status)
+        # scope["path"], not request.url: the URL is built from the client's Host header.
+        return JSONResponse(e.body(flavor_of(request.scope.get("path", ""))),
+                            status_code=e.status)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -71,12 +76,14 @@ def create_app(state: ServerState) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        errors = e.errors()
-        first = errors[0] if errors else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return reply(request, APIError(400, f"invalid request: {where}: "
-                                            f"{first.get('msg', 'bad value')}",
-                                       param=where or None))
+        return reply(request, validation_error(e.errors()))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> JSONResponse:
+        # A bug, not a bad request (those are 4xx above): a JSON 500 in the API's shape;
+        # uvicorn logs the traceback.
+        return reply(request, APIError(500, f"internal error: {type(e).__name__}",
+                                       "server_error", "internal_error"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -92,6 +99,49 @@ def create_app(state: ServerState) -> Any:
     app.include_router(anthropic.router(state))
     app.state.pyfile = state
     return app
+
+
+#: pydantic error types -> OpenAI's error codes for the same complaint.
+_CODES = {"missing": "missing_required_parameter", "greater_than_equal": "below_min_value",
+          "greater_than": "below_min_value", "less_than_equal": "above_max_value",
+          "less_than": "above_max_value", "too_short": "too_short", "too_long": "too_long",
+          "extra_forbidden": "unknown_parameter"}
+
+
+def validation_error(errors: Any) -> APIError:
+    """The first of pydantic's complaints about a body as a 400 naming the field
+    (``messages.0.content``) with OpenAI's ``param`` and ``code``."""
+    first = errors[0] if errors else {}
+    kind = first.get("type", "")
+    loc = [x for x in first.get("loc", ()) if x != "body"]
+    if kind == "json_invalid":
+        why = (first.get("ctx") or {}).get("error", "JSON decode error")
+        where = f" at position {loc[0]}" if loc else ""
+        return APIError(400, f"the body is not valid JSON ({why}{where})", code="invalid_json")
+    # pydantic names a union's member or a validator in the path: keep the body's own keys.
+    where = ".".join(str(x) for x in loc if not (isinstance(x, str) and (
+        "[" in x or x.startswith("function-") or x in ("str", "int", "bool", "float",
+                                                      "list", "dict", "none"))))
+    if not where:
+        return APIError(400, "the body must be a JSON object with this route's fields",
+                        code="invalid_type")
+    msg = str(first.get("msg", "bad value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):  # a part of the field: name it
+        where = ".".join(x for x in (where, cause.where) if x)
+        return APIError(400, f"Invalid '{where}': {cause.message}", param=where,
+                        code=cause.code)
+    if kind.startswith(("greater", "less")) and isinstance(first.get("input"), int):
+        code = "integer_" + _CODES[kind]
+    elif kind.endswith(("_type", "_parsing")) or kind in ("int_from_float", "model_type",
+                                                           "dict_type", "list_type"):
+        code = "invalid_type"
+    else:
+        code = _CODES.get(kind, "invalid_value")
+    return APIError(400, f"Invalid '{where}': {msg[:1].lower()}{msg[1:]}", param=where,
+                    code=code)
 
 
 class LoadedModel:
@@ -168,7 +218,9 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
                          f"{url}v1 ({opts.parallel} slot{'s' if opts.parallel > 1 else ''} "
                          f"sharing {loaded.engine.n_ctx} tokens of context; Ctrl-C stops)\n")
     if host not in ("127.0.0.1", "::1", "localhost") and not opts.api_key:
-        sys.stderr.write("pyfile: warning: listening beyond this machine without --api-key\n")
+        sys.stderr.write("pyfile: warning: listening beyond this machine without --api-key: "
+                         "anyone on the network can use the model (IP addresses are "
+                         "answered; other host names need --allowed-hosts)\n")
     sys.stderr.flush()
     from ..ready import announce
     announce(host, port, url)  # for programs (the RPC supervisor, tests): see ready.py

@@ -1,8 +1,11 @@
-"""HTTP plumbing: the listening socket, the API key check, the body limit, server-sent events,
-the web chat page.
+"""HTTP plumbing: the listening socket, the Host/Origin guard, the API key check, the body
+limit, server-sent events, the web chat page.
 
-The API key is checked in ONE place (:class:`ApiKey`) for every path except
-:data:`PUBLIC_PATHS`, so a new route can never ship without it.
+Every request passes, in this order: :class:`SiteGuard` (Host and Origin allow-lists of
+:mod:`.sites`, CORS, content types; 403 before routing and before the body is read),
+:class:`BodyLimit` (413), :class:`ApiKey` (401), :class:`ClientWatch`, then the routes. The
+API key is checked in ONE place for every path except :data:`PUBLIC_PATHS`, so a new route
+can never ship without it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Dict
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
 
 from fastapi.responses import StreamingResponse
 
 from ..errors import UsageError
 from .errors import APIError, error_body
+from .sites import ALLOWED_HOSTS_ENV, SitePolicy
 
 #: The only paths answered without the API key: the web chat page (it asks for the key
 #: itself) and the health probe of load balancers.
@@ -40,6 +44,141 @@ def json_response_bytes(status: int, body: Dict[str, Any]) -> tuple:
             {"type": "http.response.body", "body": data})
 
 
+async def send_error(scope: Dict, send: Callable, status: int, message: str,
+                     type_: str = "invalid_request_error", code: Optional[str] = None) -> None:
+    """Answer a request from a middleware: an HTTP error in its API's shape, or a refused
+    WebSocket handshake (the server answers it with a 403)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    start, body = json_response_bytes(status, error_body(
+        status, message, type_, code, flavor=flavor_of(scope.get("path", ""))))
+    await send(start)
+    await send(body)
+
+
+def _header(scope: Dict, name: bytes) -> Optional[bytes]:
+    for k, v in scope.get("headers") or ():
+        if k == name:
+            return v
+    return None
+
+
+def _count(scope: Dict, name: bytes) -> int:
+    return sum(1 for k, _ in scope.get("headers") or () if k == name)
+
+
+def _shown(value: bytes) -> str:
+    """A header value safe to repeat in a message or a log line."""
+    text = value.decode("latin-1")[:80]
+    return repr("".join(c if c.isprintable() else "?" for c in text))
+
+
+#: Content types of a JSON body (``application/json``, ``application/*+json``).
+def is_json_type(value: bytes) -> bool:
+    kind = value.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/")
+                                           and kind.endswith(b"+json"))
+
+
+#: The request headers a browser page may send to an allowed origin's server (preflight).
+CORS_ALLOW_HEADERS = (b"authorization, content-type, x-api-key, anthropic-version, "
+                      b"anthropic-beta, anthropic-dangerous-direct-browser-access, openai-beta, "
+                      b"openai-organization, openai-project, x-stainless-arch, "
+                      b"x-stainless-lang, x-stainless-os, x-stainless-package-version, "
+                      b"x-stainless-retry-count, x-stainless-runtime, "
+                      b"x-stainless-runtime-version, x-stainless-timeout, "
+                      b"x-stainless-async, x-stainless-helper-method")
+
+
+class SiteGuard:
+    """ASGI middleware, the outermost: DNS rebinding and cross-site requests never reach a
+    route (:mod:`.sites` says which hosts and origins are allowed).
+
+    - A ``Host`` outside the allow-list: 403 ``host_not_allowed``.
+    - An ``Origin`` outside the allow-list (``null`` included): 403 ``origin_not_allowed``,
+      before the body is read, whatever the method (a preflight too).
+    - An allowed origin gets CORS headers naming it (``Vary: Origin``), never ``*`` and never
+      credentials; its preflight is answered here (204).
+    - A body sent from a browser page (it has an ``Origin``) must be JSON (415 otherwise): a
+      page can send ``text/plain`` or form bodies without a preflight, JSON only after one.
+      A body without an ``Origin`` (curl, SDKs, scripts) is read as JSON whatever its label,
+      so ``curl -d '{...}'`` works.
+    The first refusal of each kind says on stderr which flag would allow it.
+    """
+
+    def __init__(self, app: Any, policy: SitePolicy) -> None:
+        self.app, self.policy = app, policy
+        self.told: set = set()
+
+    def _tell(self, kind: str, line: str) -> None:
+        if kind not in self.told:
+            self.told.add(kind)
+            sys.stderr.write(f"pyfile: {line}\n")
+            sys.stderr.flush()
+
+    async def __call__(self, scope: Dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = _header(scope, b"host")
+        if _count(scope, b"host") > 1 or not self.policy.host_ok(
+                None if host is None else host.decode("latin-1")):
+            shown = _shown(host or b"")
+            self._tell("host", f"refused a request for Host {shown} (DNS rebinding "
+                               f"protection); if that name is this machine, start with "
+                               f"--allowed-hosts NAME or set {ALLOWED_HOSTS_ENV}")
+            return await send_error(scope, send, 403, f"Host {shown} is not allowed: this "
+                                    f"server answers IP addresses, localhost and the names "
+                                    f"given with --allowed-hosts", "permission_error",
+                                    "host_not_allowed")
+        origin = _header(scope, b"origin")
+        if origin is not None and (_count(scope, b"origin") > 1 or not self.policy.origin_ok(
+                origin.decode("latin-1"), None if host is None else host.decode("latin-1"))):
+            shown = _shown(origin)
+            self._tell("origin", f"refused a request from the web page origin {shown}; to "
+                                 f"let that page use this server, start with "
+                                 f"--cors-origins ORIGIN")
+            return await send_error(scope, send, 403, f"requests from the web page origin "
+                                    f"{shown} are not allowed (start the server with "
+                                    f"--cors-origins to allow it)", "permission_error",
+                                    "origin_not_allowed")
+        if scope["type"] != "http" or origin is None:
+            if scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH"):
+                ctype = _header(scope, b"content-type")
+                if ctype is None or not is_json_type(ctype):
+                    # No Origin: not a browser page. Read the body as JSON (curl -d, scripts).
+                    scope = dict(scope)
+                    scope["headers"] = [(k, v) for k, v in scope.get("headers") or ()
+                                        if k != b"content-type"] + [
+                        (b"content-type", b"application/json")]
+            return await self.app(scope, receive, send)
+
+        if scope.get("method") == "OPTIONS" and _header(
+                scope, b"access-control-request-method") is not None:
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                (b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
+                (b"access-control-max-age", b"600"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            ctype = _header(scope, b"content-type")
+            if ctype is None or not is_json_type(ctype):
+                return await send_error(scope, send, 415, "a request from a web page must "
+                                        "send its body as Content-Type: application/json",
+                                        code="unsupported_media_type")
+
+        async def with_cors(message: Dict) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = list(message.get("headers") or ()) + [
+                    (b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
+
+
 class ApiKey:
     """ASGI middleware: with ``--api-key``, every non-public path needs the key.
 
@@ -47,24 +186,30 @@ class ApiKey:
     (Anthropic's clients).
     """
 
-    def __init__(self, app: Any, key: str) -> None:
-        self.app, self.key = app, key.encode()
+    def __init__(self, app: Any, key: Union[str, List[str]]) -> None:
+        """``key``: the key, or several (``--api-key A,B``, ``--api-key-file``)."""
+        self.app = app
+        self.keys = [k.encode() for k in ([key] if isinstance(key, str) else key)]
 
     async def __call__(self, scope: Dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS" \
-                or scope.get("path", "") in PUBLIC_PATHS:
+        if scope["type"] not in ("http", "websocket"):  # lifespan: no client behind it
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"")
-        bearer = given[7:] if given[:7].lower() == b"bearer " else b""
-        other = headers.get(b"x-api-key", b"")
-        if hmac.compare_digest(bearer, self.key) or hmac.compare_digest(other, self.key):
+        if scope["type"] == "http" and (scope.get("method") == "OPTIONS"
+                                        or scope.get("path", "") in PUBLIC_PATHS):
             return await self.app(scope, receive, send)
-        start, body = json_response_bytes(401, error_body(
-            401, "missing or wrong API key (Authorization: Bearer KEY, or x-api-key: KEY)",
-            "authentication_error", "invalid_api_key", flavor=flavor_of(scope.get("path", ""))))
-        await send(start)
-        await send(body)
+        given = _header(scope, b"authorization") or b""
+        bearer = given[7:].strip() if given[:7].lower() == b"bearer " else b""
+        other = _header(scope, b"x-api-key") or b""
+        # Every key compared in constant time, all of them always: the time taken says
+        # nothing about which key, or which header, matched.
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(bearer, key)
+            ok |= hmac.compare_digest(other, key)
+        if ok:
+            return await self.app(scope, receive, send)
+        await send_error(scope, send, 401, "missing or wrong API key (Authorization: Bearer "
+                         "KEY, or x-api-key: KEY)", "authentication_error", "invalid_api_key")
 
 
 #: The ASGI ``receive`` of the request being handled (set by :class:`ClientWatch`): after the
@@ -92,7 +237,12 @@ class ClientWatch:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with a 413."""
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with a 413, whether the
+    size is declared (``Content-Length``) or only found while reading (chunked).
+
+    The body is read here, whole, before the app runs (the routes read it whole anyway), so a
+    body over the limit is answered 413 by this middleware rather than failing inside the
+    app's body parser as a 400."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -100,42 +250,38 @@ class BodyLimit:
     async def __call__(self, scope: Dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if scope.get("method") == "POST" and b"json" not in headers.get(b"content-type", b""):
-            # Accept JSON bodies from clients that do not label them (curl -d, fetch, ...).
-            scope = dict(scope)
-            scope["headers"] = [(k, v) for k, v in scope.get("headers", [])
-                                if k != b"content-type"] + [(b"content-type",
-                                                              b"application/json")]
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
             return await self._reject(scope, send)
+        chunks = []
         seen = 0
-
-        async def limited() -> Dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":  # the client left before its body ended
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                return await self._reject(scope, send)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(scope, send)
+        async def replay() -> Dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Dict, send: Callable) -> None:
-        start, body = json_response_bytes(413, error_body(
-            413, f"request body over {self.limit} bytes", code="request_too_large",
-            flavor=flavor_of(scope.get("path", ""))))
-        await send(start)
-        await send(body)
-
-
-class _TooLarge(Exception):
-    pass
+        await send_error(scope, send, 413, f"request body over {self.limit} bytes",
+                         "invalid_request_error", "request_too_large")
 
 
 def sse_data(obj: Any) -> bytes:
