@@ -42,7 +42,7 @@ except ImportError as e:  # pragma: no cover - exercised on targets without the 
                       f"'{sys.executable} -m pip install fastapi uvicorn', or use a pyfile "
                       f"built with its runtime inside") from None
 
-from .scheduler import Engine
+from .scheduler import MAX_RESTARTS, RESTART_WINDOW, Engine
 from .errors import APIError
 from .http import ApiKey, BodyLimit, ClientWatch, SiteGuard, bind, flavor_of, web_chat_html
 from .http import open_browser as _open_browser
@@ -198,7 +198,8 @@ class LoadedModel:
 
 def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
           archive_path: Optional[str] = None, open_browser: bool = False) -> int:
-    """Load the model, start the scheduler and serve until SIGINT/SIGTERM; returns 0."""
+    """Load the model, start the scheduler and serve until SIGINT/SIGTERM; returns 0.
+    Raises :class:`EngineError` (exit 1) when the scheduler failed for good."""
     sock = bind(opts.host, opts.port)  # fail on a busy port before loading the model
     loaded = LoadedModel(source, opts, manifest, archive_path)
     model_id = opts.alias or (source.name[:-5] if source.name.endswith(".gguf")
@@ -229,6 +230,12 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     config = uvicorn.Config(app, log_level="debug" if opts.verbose else "warning",
                             access_log=opts.verbose, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    failure: list = []
+
+    def scheduler_gave_up(cause: str) -> None:  # the scheduler thread: stop serving
+        failure.append(cause)
+        server.should_exit = True
+    loaded.engine.on_failure = scheduler_gave_up
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
     # handler that was installed before it; make that one a no-op so we exit cleanly.
     import signal
@@ -238,6 +245,10 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
         server.run(sockets=[sock])
     finally:
         loaded.engine.stop()
+    if failure:
+        raise EngineError(f"the server stopped: the generation scheduler failed "
+                          f"{MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f} s "
+                          f"(last: {failure[0]})")
     sys.stderr.write("pyfile: server stopped\n")
     return 0
 

@@ -15,6 +15,11 @@ How it works (the same design as llama.cpp's ``tools/server/server-context.cpp``
   A cancelled request leaves the batch at the next step.
 - When the KV cache is full, the cached prompts of idle slots are dropped first; if that is
   not enough, the request holding the most tokens ends with an error so the others go on.
+- The scheduler thread is supervised: a fault inside a step fails the requests in that step
+  and the loop goes on; anything that ends the thread itself fails every request in flight or
+  waiting with a 503, is logged once, and the thread is started again on a cleared context.
+  More than :data:`MAX_RESTARTS` failures within :data:`RESTART_WINDOW` seconds and it gives
+  up: ``failed`` says why and ``on_failure`` tells the server, which exits non-zero.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
+import sys
 import threading
 import time
 from collections import deque
@@ -31,6 +37,10 @@ from .sampling import SamplerChain, SamplingParams, top_logprobs
 
 Sink = Callable[[Dict[str, Any]], None]
 _ids = itertools.count(1)
+
+#: Scheduler failures tolerated within RESTART_WINDOW seconds before the server gives up.
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
 
 
 class Request:
@@ -43,13 +53,23 @@ class Request:
     ``{"type": "error", "message", "status", "code"}``.
     """
 
-    def __init__(self, prompt: List[int], params: SamplingParams, sink: Sink) -> None:
+    def __init__(self, prompt: List[int], params: SamplingParams, sink: Sink,
+                 chain: Optional[SamplerChain] = None) -> None:
+        """``chain``: the sampler chain, compiled beforehand (off the scheduler thread); the
+        scheduler owns it from now on and frees it when the request leaves."""
         self.id = next(_ids)
         self.prompt = prompt
         self.params = params
         self.sink = sink
+        self.chain = chain
         self.cancelled = False
         self.t_queued = time.perf_counter()
+
+    def discard(self) -> None:
+        """Free a compiled chain that never reached a slot (cancelled or failed while queued)."""
+        if self.chain is not None:
+            self.chain.close()
+            self.chain = None
 
 
 class Slot:
@@ -124,6 +144,10 @@ class Engine:
         self._cond = threading.Condition()
         self._running = False
         self._thread: Optional[threading.Thread] = None
+        self.restarts = 0                   # scheduler threads started again after a failure
+        self.failed: Optional[str] = None   # why the scheduler gave up (None: it runs)
+        self.on_failure: Optional[Callable[[str], None]] = None
+        self._failures: List[float] = []
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
 
@@ -131,7 +155,7 @@ class Engine:
 
     def start(self) -> None:
         self._running = True
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._supervised, name="scheduler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -143,6 +167,11 @@ class Engine:
 
     def submit(self, req: Request) -> None:
         with self._cond:
+            if self.failed is not None:
+                req.discard()
+                req.sink({"type": "error", "status": 503, "code": "scheduler_failed",
+                          "message": f"the generation scheduler failed ({self.failed})"})
+                return
             self.waiting.append(req)
             self.metrics.requests_total += 1
             self._cond.notify_all()
@@ -175,6 +204,45 @@ class Engine:
 
     # -- the scheduler thread -----------------------------------------------------------------
 
+    def _supervised(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # the thread itself failed: nothing may hang on it
+            self._crashed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+    def _crashed(self, cause: str) -> None:
+        """Log once, then (having told the server if it gives up) fail every request with a
+        503 and clear the context; restart unless it failed too often."""
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if now - t < RESTART_WINDOW] + [now]
+        give_up = len(self._failures) > MAX_RESTARTS
+        sys.stderr.write(f"pyfile: the generation scheduler failed ({cause}); "
+                         f"{'giving up' if give_up else 'restarting it'}\n")
+        sys.stderr.flush()
+        message = f"the generation scheduler failed ({cause})"
+        with self._cond:
+            if give_up:
+                self.failed = cause
+                if self.on_failure is not None:
+                    self.on_failure(cause)
+            waiting, self.waiting = list(self.waiting), deque()
+            for s in self.slots:
+                if s.busy:
+                    self._fail(s, message, 503, "scheduler_failed")
+                s.cache = []
+            for req in waiting:
+                req.discard()
+                if not req.cancelled:
+                    req.sink({"type": "error", "status": 503, "code": "scheduler_failed",
+                              "message": message})
+        try:
+            self.L.llama_memory_clear(self.mem, True)
+        except Exception:  # the context is unusable: the next failure will say so
+            pass
+        if not give_up and self._running:
+            self.restarts += 1
+            self.start()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -190,6 +258,9 @@ class Engine:
                 self._fail_all(f"generation failed: {e}")
 
     def _drop_cancelled(self) -> None:
+        for r in self.waiting:
+            if r.cancelled:
+                r.discard()
         self.waiting = deque(r for r in self.waiting if not r.cancelled)
         for s in self.slots:
             if s.req is not None and s.req.cancelled:
@@ -206,12 +277,15 @@ class Engine:
 
     def _start(self, s: Slot, req: Request) -> None:
         s._reset_request_state()
-        try:
-            s.chain = SamplerChain(self.L, self.vocab, self.n_vocab, req.params, self.eog)
-        except ValueError as e:
-            req.sink({"type": "error", "status": 400, "code": "invalid_grammar",
-                      "message": str(e)})
-            return
+        if req.chain is not None:
+            s.chain, req.chain = req.chain, None
+        else:
+            try:
+                s.chain = SamplerChain(self.L, self.vocab, self.n_vocab, req.params, self.eog)
+            except ValueError as e:
+                req.sink({"type": "error", "status": 400, "code": "invalid_grammar",
+                          "message": str(e)})
+                return
         keep = min(_common_prefix(s.cache, req.prompt), len(req.prompt) - 1)
         if keep < len(s.cache):
             if not self.L.llama_memory_seq_rm(self.mem, s.id, keep, -1):

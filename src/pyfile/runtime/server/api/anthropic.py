@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from types import SimpleNamespace
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter
 
-from ..chat import schema_grammar, tool_grammar
 from ..errors import APIError
 from ..http import sse, sse_data
+from ..runner import off_loop
 from ..schemas import AnthropicCountRequest, AnthropicRequest
 from ..state import ServerState
+from ..task import Result, Task, knobs
 
 _STOP = {"length": "max_tokens"}
 
@@ -99,10 +99,16 @@ def _tools(req: Any) -> Tuple[Optional[List[Dict[str, Any]]], Optional[Dict[str,
     return tools, None
 
 
-def _prompt(state: ServerState, req: Any) -> Tuple[List[int], List[str], Optional[Dict]]:
+def task_of(req: Any) -> Task:
+    """The task of a Messages request (or of its prompt part, for ``count_tokens``)."""
     tools, forced = _tools(req)
-    text, stop, add_bos = state.template.render(chat_messages(req), tools)
-    return state.tokenize(text, add_special=add_bos), stop, forced
+    fmt = (getattr(req, "output_config", None) or {}).get("format") or {}
+    schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
+    return Task(messages=chat_messages(req), tools=tools, forced_tool=forced,
+                param="messages", sampling=knobs(req, min_p=0.0),
+                max_tokens=getattr(req, "max_tokens", None),
+                stop=list(getattr(req, "stop_sequences", None) or []),
+                json_schema=schema if isinstance(schema, dict) else None)
 
 
 def router(state: ServerState) -> APIRouter:
@@ -110,51 +116,45 @@ def router(state: ServerState) -> APIRouter:
 
     @r.post("/v1/messages/count_tokens")
     async def count_tokens(req: AnthropicCountRequest) -> Dict[str, Any]:
-        tokens, _, _ = _prompt(state, req)
+        task = task_of(req)
+        text, _, add_bos = await off_loop(state.template.render, task.messages, task.tools)
+        tokens = await off_loop(state.tokenize, text, add_bos)
         return {"input_tokens": len(tokens)}
 
     @r.post("/v1/messages")
     async def messages(req: AnthropicRequest) -> Any:
-        tokens, stop, forced = _prompt(state, req)
-        state.check_prompt(tokens)
-
-        fields = SimpleNamespace(temperature=req.temperature, top_p=req.top_p,
-                                 top_k=req.top_k, min_p=0.0, stop=req.stop_sequences)
-        fmt = (req.output_config or {}).get("format") or {}
-        grammar = tool_grammar(forced) if forced else (
-            schema_grammar(fmt["schema"]) if fmt.get("type") == "json_schema"
-            and isinstance(fmt.get("schema"), dict) else None)
-        params = state.params(fields, req.max_tokens, grammar, stop)
-        gen = state.start(tokens, params)
+        task = task_of(req)
+        forced = task.forced_tool
+        run = await state.runner.start(task)
         mid, name = f"msg_{uuid.uuid4().hex[:24]}", req.model or state.model_id
         tool_id = f"toolu_{uuid.uuid4().hex[:24]}"
 
-        def stop_of(done: Dict[str, Any]) -> Tuple[str, Optional[str]]:
-            word = done.get("stop_word")
+        def stop_of(done: Result) -> Tuple[str, Optional[str]]:
+            word = done.stop_word
             if word and word in (req.stop_sequences or []):
                 return "stop_sequence", word
-            if forced and done["finish_reason"] == "stop":
+            if forced and done.finish_reason == "stop":
                 return "tool_use", None
-            return _STOP.get(done["finish_reason"], "end_turn"), None
+            return _STOP.get(done.finish_reason, "end_turn"), None
 
         if not req.stream:
-            done = await gen.collect()
+            done = await run.collect()
             reason, seq = stop_of(done)
             if forced:
                 try:
-                    args = json.loads(done["text"])
+                    args = json.loads(done.text)
                 except ValueError:
                     args = {}
-                    reason = "max_tokens" if done["finish_reason"] == "length" else reason
+                    reason = "max_tokens" if done.finish_reason == "length" else reason
                 content = [{"type": "tool_use", "id": tool_id, "name": forced["name"],
                             "input": args}]
             else:
-                content = [{"type": "text", "text": done["text"]}]
+                content = [{"type": "text", "text": done.text}]
             return {"id": mid, "type": "message", "role": "assistant", "model": name,
                     "content": content, "stop_reason": reason, "stop_sequence": seq,
-                    "usage": {"input_tokens": done["n_prompt"],
-                              "output_tokens": done["n_decoded"],
-                              "cache_read_input_tokens": done["n_cached"]}}
+                    "usage": {"input_tokens": done.n_prompt,
+                              "output_tokens": done.n_decoded,
+                              "cache_read_input_tokens": done.n_cached}}
 
         def event(kind: str, data: Dict[str, Any]) -> bytes:
             return f"event: {kind}\n".encode() + sse_data(dict(data, type=kind))
@@ -163,25 +163,25 @@ def router(state: ServerState) -> APIRouter:
             yield event("message_start", {"message": {
                 "id": mid, "type": "message", "role": "assistant", "model": name,
                 "content": [], "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": len(tokens), "output_tokens": 0}}})
+                "usage": {"input_tokens": len(run.prompt), "output_tokens": 0}}})
             block = ({"type": "tool_use", "id": tool_id, "name": forced["name"], "input": {}}
                      if forced else {"type": "text", "text": ""})
             yield event("content_block_start", {"index": 0, "content_block": block})
             yield event("ping", {})
-            async for ev in gen.events():
-                if ev["text"]:
-                    delta = ({"type": "input_json_delta", "partial_json": ev["text"]} if forced
-                             else {"type": "text_delta", "text": ev["text"]})
+            async for ev in run.events():
+                if ev.text:
+                    delta = ({"type": "input_json_delta", "partial_json": ev.text} if forced
+                             else {"type": "text_delta", "text": ev.text})
                     yield event("content_block_delta", {"index": 0, "delta": delta})
-                if ev["type"] == "done":
+                if isinstance(ev, Result):
                     reason, seq = stop_of(ev)
                     yield event("content_block_stop", {"index": 0})
                     yield event("message_delta", {
                         "delta": {"stop_reason": reason, "stop_sequence": seq},
-                        "usage": {"output_tokens": ev["n_decoded"]}})
+                        "usage": {"output_tokens": ev.n_decoded}})
                     yield event("message_stop", {})
 
-        await gen.first()
-        return sse(events(), gen.cancel, flavor="anthropic")
+        await run.first()
+        return sse(events(), run.cancel, flavor="anthropic")
 
     return r

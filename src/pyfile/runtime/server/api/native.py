@@ -5,40 +5,49 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Dict, List
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from .... import __version__
 from ..chat import text_message
-from ..scheduler import params_info
 from ..errors import APIError
 from ..http import sse, sse_data
+from ..runner import off_loop
+from ..scheduler import params_info
 from ..schemas import (ApplyTemplateRequest, DetokenizeRequest, EmbeddingRequest,
-                             InfillRequest, NativeCompletionRequest, RerankRequest,
-                             TokenizeRequest)
+                       InfillRequest, NativeCompletionRequest, RerankRequest,
+                       TokenizeRequest)
 from ..state import ServerState
+from ..task import Result, Step, Task, TokenProb, knobs
 
 
-def _stop_type(done: Dict[str, Any]) -> str:
-    if done["finish_reason"] == "length":
+def _stop_type(done: Result) -> str:
+    if done.finish_reason == "length":
         return "limit"
-    return "word" if done.get("stop_word") else "eos"
+    return "word" if done.stop_word else "eos"
 
 
-def _probs(state: ServerState, tokens: List[int], lps: List[Any]) -> List[Dict[str, Any]]:
-    out = []
-    for tok, lp in zip(tokens, lps):
-        if lp is None:
-            continue
-        piece = state.piece(tok)
-        out.append({"id": tok, "token": piece, "logprob": lp["logprob"],
-                    "bytes": list(piece.encode("utf-8")),
-                    "top_logprobs": [{"id": t, "token": state.piece(t), "logprob": v,
-                                      "bytes": list(state.piece(t).encode("utf-8"))}
-                                     for t, v in lp["top"]]})
-    return out
+def _probs(probs: List[TokenProb]) -> List[Dict[str, Any]]:
+    """llama-server's ``completion_probabilities``."""
+    return [{"id": p.id, "token": p.piece, "logprob": p.logprob, "bytes": p.bytes,
+             "top_logprobs": [{"id": t, "token": piece, "logprob": v,
+                               "bytes": list(piece.encode("utf-8"))}
+                              for t, piece, v in p.top]} for p in probs]
+
+
+def _stops(stop: Any) -> List[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def native_task(req: NativeCompletionRequest, **what: Any) -> Task:
+    """The task of a native completion; ``what``: the prompt (``prompt`` or ``tokens``)."""
+    max_tokens = req.n_predict if req.n_predict != -1 else (
+        req.max_tokens if req.max_tokens is not None else -1)
+    return Task(sampling=knobs(req), max_tokens=max_tokens, stop=_stops(req.stop),
+                logit_bias=req.logit_bias, grammar=req.grammar, json_schema=req.json_schema,
+                n_probs=req.n_probs, **what)
 
 
 def metrics_text(state: ServerState) -> str:
@@ -79,9 +88,13 @@ def router(state: ServerState) -> APIRouter:
     @r.get("/health")
     @r.get("/v1/health")
     async def health() -> Dict[str, Any]:
-        busy = state.engine.busy
-        return {"status": "ok", "slots_idle": len(state.engine.slots) - busy,
-                "slots_busy": busy}
+        e = state.engine
+        if e.failed is not None:
+            raise APIError(503, f"the generation scheduler failed ({e.failed}); the server is "
+                                f"stopping", "unavailable_error", "scheduler_failed")
+        busy = e.busy
+        return {"status": "ok", "slots_idle": len(e.slots) - busy, "slots_busy": busy,
+                "scheduler_restarts": e.restarts}
 
     @r.get("/props")
     async def props() -> Dict[str, Any]:
@@ -116,83 +129,82 @@ def router(state: ServerState) -> APIRouter:
 
     @r.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> Dict[str, Any]:
-        toks = state.tokenize(req.content, req.add_special, req.parse_special)
+        toks = await off_loop(state.tokenize, req.content, req.add_special, req.parse_special)
         if not req.with_pieces:
             return {"tokens": toks}
-        out = []
-        for t in toks:
-            raw = state.llm._model.detokenize([t], special=True)
-            try:
-                piece: Any = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                piece = list(raw)  # an incomplete UTF-8 sequence: its bytes, as llama-server
-            out.append({"id": t, "piece": piece})
-        return {"tokens": out}
+
+        def pieces() -> List[Dict[str, Any]]:
+            out = []
+            for t in toks:
+                raw = state.llm._model.detokenize([t], special=True)
+                try:
+                    piece: Any = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    piece = list(raw)  # an incomplete UTF-8 sequence: its bytes, as llama-server
+                out.append({"id": t, "piece": piece})
+            return out
+        return {"tokens": await off_loop(pieces)}
 
     @r.post("/detokenize")
     async def detokenize(req: DetokenizeRequest) -> Dict[str, Any]:
         n = state.n_vocab
         if any(t < 0 or t >= n for t in req.tokens):
             raise APIError(400, f"token ids must be in 0..{n - 1}", param="tokens")
-        return {"content": state.llm.detokenize(req.tokens).decode("utf-8", errors="replace")}
+        text = await off_loop(state.llm.detokenize, req.tokens)
+        return {"content": text.decode("utf-8", errors="replace")}
 
     @r.post("/apply-template")
     async def apply_template(req: ApplyTemplateRequest) -> Dict[str, Any]:
-        text, _, _ = state.template.render([text_message(m) for m in req.messages], req.tools)
+        text, _, _ = await off_loop(state.template.render,
+                                    [text_message(m) for m in req.messages], req.tools)
         return {"prompt": text}
 
-    async def native(req: NativeCompletionRequest, tokens: List[int], prompt_text: str) -> Any:
-        state.check_prompt(tokens, "prompt")
-        max_tokens = req.n_predict if req.n_predict != -1 else (
-            req.max_tokens if req.max_tokens is not None else -1)
-        params = state.params(req, max_tokens, None, None, req.n_probs)
-        gen = state.start(tokens, params)
+    async def native(req: NativeCompletionRequest, task: Task,
+                     shown: Optional[str] = None) -> Any:
+        """Run a native completion; ``shown``: the prompt echoed back (default: as given)."""
+        run = await state.runner.start(task)
         name = req.model or state.model_id
+        prompt_text = run.prompt_text if shown is None else shown
 
-        def final(done: Dict[str, Any], content: str) -> Dict[str, Any]:
-            return {"index": 0, "content": content, "tokens": [], "id_slot": done["slot"],
-                    "stop": True, "model": name, "tokens_predicted": done["n_decoded"],
-                    "tokens_evaluated": done["n_prompt"],
-                    "generation_settings": params_info(params),
+        def final(done: Result, content: str) -> Dict[str, Any]:
+            return {"index": 0, "content": content, "tokens": [], "id_slot": done.slot,
+                    "stop": True, "model": name, "tokens_predicted": done.n_decoded,
+                    "tokens_evaluated": done.n_prompt,
+                    "generation_settings": params_info(run.params),
                     "prompt": prompt_text, "has_new_line": "\n" in content,
                     "truncated": False, "stop_type": _stop_type(done),
-                    "stopping_word": done.get("stop_word") or "",
-                    "tokens_cached": done["n_prompt"] + done["n_decoded"],
-                    "timings": done["timings"]}
+                    "stopping_word": done.stop_word,
+                    "tokens_cached": done.n_prompt + done.n_decoded,
+                    "timings": done.timings}
 
         if not req.stream:
-            done = await gen.collect()
-            out = final(done, done["text"])
-            out["tokens"] = done["tokens"]
+            done = await run.collect()
+            out = final(done, done.text)
+            out["tokens"] = done.tokens
             if req.n_probs:
-                out["completion_probabilities"] = _probs(state, done["tokens"],
-                                                         done["logprobs"])
+                out["completion_probabilities"] = _probs(done.probs)
             return out
 
         async def events() -> AsyncIterator[bytes]:
-            async for ev in gen.events():
-                if ev["type"] == "token":
-                    chunk: Dict[str, Any] = {"index": 0, "content": ev["text"],
-                                             "tokens": [ev["token"]], "stop": False,
+            async for ev in run.events():
+                if isinstance(ev, Step):
+                    chunk: Dict[str, Any] = {"index": 0, "content": ev.text,
+                                             "tokens": [ev.token], "stop": False,
                                              "id_slot": -1}
                     if req.n_probs:
-                        chunk["completion_probabilities"] = _probs(
-                            state, [ev["token"]], [ev["logprobs"]])
+                        chunk["completion_probabilities"] = _probs([ev.prob] if ev.prob else [])
                     yield sse_data(chunk)
                 else:
-                    yield sse_data(final(ev, ev["text"]))
+                    yield sse_data(final(ev, ev.text))
 
-        await gen.first()
-        return sse(events(), gen.cancel)
+        await run.first()
+        return sse(events(), run.cancel)
 
     @r.post("/completion")
     async def completion(req: NativeCompletionRequest) -> Any:
         if isinstance(req.prompt, str) and not req.prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        tokens = state.prompt_tokens(req.prompt)
-        text = req.prompt if isinstance(req.prompt, str) else \
-            state.llm.detokenize(tokens).decode("utf-8", "replace")
-        return await native(req, tokens, text)
+        return await native(req, native_task(req, prompt=req.prompt))
 
     @r.post("/infill")
     async def infill(req: InfillRequest) -> Any:
@@ -202,14 +214,17 @@ def router(state: ServerState) -> APIRouter:
         if min(pre, suf, mid) < 0:
             raise APIError(501, "this model has no fill-in-the-middle tokens (FIM_PRE/SUF/MID)",
                            "not_supported_error", "not_supported")
-        extra: List[int] = []
-        for chunk in req.input_extra:
-            extra += state.tokenize(f"{chunk.get('filename', '')}\n{chunk.get('text', '')}",
-                                    add_special=False)
-        prompt = state.prompt_tokens(req.prompt, False) if req.prompt else []
-        tokens = ([pre] + extra + state.tokenize(req.input_prefix, False) + [suf]
-                  + state.tokenize(req.input_suffix, False) + [mid] + prompt)
-        return await native(req, tokens, req.input_prefix)
+
+        def layout() -> List[int]:
+            extra: List[int] = []
+            for chunk in req.input_extra:
+                extra += state.tokenize(f"{chunk.get('filename', '')}\n{chunk.get('text', '')}",
+                                        add_special=False)
+            prompt = state.prompt_tokens(req.prompt, False) if req.prompt else []
+            return ([pre] + extra + state.tokenize(req.input_prefix, False) + [suf]
+                    + state.tokenize(req.input_suffix, False) + [mid] + prompt)
+        tokens = await off_loop(layout)
+        return await native(req, native_task(req, tokens=tokens), shown=req.input_prefix)
 
     async def embed_all(texts: List[str], normalize_mode: int) -> List[Any]:
         if state.embedder is None:
@@ -235,7 +250,7 @@ def router(state: ServerState) -> APIRouter:
             raise APIError(400, "pooling 'none' gives one vector per token, which the OpenAI "
                                 "API cannot carry: use /embedding or another --pooling",
                            param="input")
-        n_tokens = sum(len(state.tokenize(t)) for t in texts)
+        n_tokens = await off_loop(lambda: sum(len(state.tokenize(t)) for t in texts))
         return {"object": "list", "model": req.model or state.model_id,
                 "data": [{"object": "embedding", "index": i, "embedding": v}
                          for i, v in enumerate(vectors)],
@@ -259,9 +274,9 @@ def router(state: ServerState) -> APIRouter:
                            "not_supported")
         state.check_file()
         emb = state.embedder()
-        q = state.tokenize(req.query, add_special=False)
 
         def work() -> List[float]:
+            q = state.tokenize(req.query, add_special=False)
             return [emb.rank(emb.rerank_tokens(q, state.tokenize(d, add_special=False)))
                     for d in req.documents]
         scores = await asyncio.get_running_loop().run_in_executor(None, work)
