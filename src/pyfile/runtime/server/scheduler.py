@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .sampling import SamplerChain, SamplingParams, top_logprobs
 
@@ -100,6 +100,46 @@ class Slot:
     def busy(self) -> bool:
         return self.req is not None
 
+    def add_piece(self, piece: bytes, stops: List[str]) -> Tuple[str, bool]:
+        """Take a sampled token's bytes: (the text that can be sent now, whether a stop
+        string was hit). Text that could still become a stop string, or is an incomplete
+        UTF-8 character, is held back; a hit stop string and what follows it never go out."""
+        self.text += self.decoder.decode(piece)
+        emit_to, hit = len(self.text), False
+        if stops:
+            start = max(0, self.sent - max(len(x) for x in stops))
+            hits = [(i, x) for i, x in ((self.text.find(x, start), x) for x in stops) if i >= 0]
+            if hits:
+                emit_to, self.stop_word = min(hits)
+                self.text = self.text[:emit_to]
+                hit = True
+            else:
+                emit_to = len(self.text) - _partial_stop(self.text, stops)
+        out = self.text[self.sent:emit_to] if emit_to > self.sent else ""
+        self.sent = max(self.sent, emit_to)
+        return out, hit
+
+    def done_event(self, reason: str, now: float) -> Dict[str, Any]:
+        """The request's end: what was held back, the counts and llama-server's timings."""
+        if not self.stop_word:
+            self.text += self.decoder.decode(b"", final=True)
+        rest = self.text[self.sent:]  # held back as a possible stop string, or cut at one
+        prompt_ms = (self.t_prompt_done - self.t_start) * 1000
+        gen_ms = (now - self.t_prompt_done) * 1000
+        n_prompt = self.n_prompt - self.n_cached
+        timings = {
+            "cache_n": self.n_cached, "prompt_n": n_prompt, "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
+            "prompt_per_second": n_prompt * 1000 / prompt_ms if prompt_ms > 0 else 0.0,
+            "predicted_n": self.n_decoded, "predicted_ms": gen_ms,
+            "predicted_per_token_ms": gen_ms / self.n_decoded if self.n_decoded else 0.0,
+            "predicted_per_second": self.n_decoded * 1000 / gen_ms if gen_ms > 0 else 0.0,
+        }
+        return {"type": "done", "finish_reason": reason, "text": rest,
+                "n_prompt": self.n_prompt, "n_cached": self.n_cached,
+                "n_decoded": self.n_decoded, "timings": timings, "slot": self.id,
+                "stop_word": self.stop_word}
+
 
 def _common_prefix(a: List[int], b: List[int]) -> int:
     n = min(len(a), len(b))
@@ -127,12 +167,14 @@ class Engine:
     """The scheduler over one ``llama_context``; thread-safe ``submit`` and ``cancel``."""
 
     def __init__(self, L: Any, model: Any, ctx: Any, n_slots: int, n_batch: int,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, n_ctx_slot: Optional[int] = None) -> None:
+        """``n_ctx_slot``: the tokens one request may hold (llama-server's slot context);
+        default all of the context (a unified KV cache)."""
         self.L, self.model, self.ctx = L, model, ctx
         self.vocab = L.llama_model_get_vocab(model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = L.llama_n_ctx(ctx)
-        self.n_ctx_slot = self.n_ctx  # unified KV: a request may use all of it
+        self.n_ctx_slot = n_ctx_slot or self.n_ctx
         self.n_batch = min(n_batch, L.llama_n_batch(ctx))  # llama.cpp caps it at n_ctx
         self.mem = L.llama_get_memory(ctx)
         # Found once: scanning the vocabulary costs ~50k foreign calls (a stall per request).
@@ -420,32 +462,15 @@ class Engine:
         self.metrics.tokens_predicted_total += 1
         if L.llama_vocab_is_eog(self.vocab, tok) and not p.ignore_eos:
             return self._finish(s, "stop", now)
-        piece = self._token_piece(tok)
-        s.text += s.decoder.decode(piece)
-        emit_to = len(s.text)
-        finish = None
-        if p.stop:
-            start = max(0, s.sent - max(len(x) for x in p.stop))
-            hits = [(i, x) for i, x in ((s.text.find(x, start), x) for x in p.stop) if i >= 0]
-            if hits:
-                emit_to, s.stop_word = min(hits)
-                s.text = s.text[:emit_to]
-                finish = "stop"
-            else:
-                emit_to = len(s.text) - _partial_stop(s.text, p.stop)
-        out = s.text[s.sent:emit_to] if emit_to > s.sent else ""
-        s.sent = max(s.sent, emit_to)
-        if not finish:
+        out, hit = s.add_piece(self._token_piece(tok), p.stop)
+        if out or not hit:
             req.sink({"type": "token", "text": out, "token": tok, "logprobs": logprobs})
-            if (p.max_tokens >= 0 and s.n_decoded >= p.max_tokens) or \
-                    len(s.cache) + 1 >= self.n_ctx_slot:
-                finish = "length"
-            else:
-                s.next_token = tok
-                return
-        elif out:
-            req.sink({"type": "token", "text": out, "token": tok, "logprobs": logprobs})
-        self._finish(s, finish, now)
+        if hit:
+            return self._finish(s, "stop", now)
+        if (p.max_tokens >= 0 and s.n_decoded >= p.max_tokens) or \
+                len(s.cache) + 1 >= self.n_ctx_slot:
+            return self._finish(s, "length", now)
+        s.next_token = tok
 
     def _token_piece(self, tok: int) -> bytes:
         n = self.L.llama_token_to_piece(self.vocab, tok, self._piece, len(self._piece), 0, False)
@@ -458,23 +483,7 @@ class Engine:
     def _finish(self, s: Slot, reason: str, now: float) -> None:
         req = s.req
         assert req is not None
-        if not s.stop_word:
-            s.text += s.decoder.decode(b"", final=True)
-        rest = s.text[s.sent:]  # held back as a possible stop string, or cut at one
-        prompt_ms = (s.t_prompt_done - s.t_start) * 1000
-        gen_ms = (now - s.t_prompt_done) * 1000
-        n_prompt = s.n_prompt - s.n_cached
-        timings = {
-            "cache_n": s.n_cached, "prompt_n": n_prompt, "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
-            "prompt_per_second": n_prompt * 1000 / prompt_ms if prompt_ms > 0 else 0.0,
-            "predicted_n": s.n_decoded, "predicted_ms": gen_ms,
-            "predicted_per_token_ms": gen_ms / s.n_decoded if s.n_decoded else 0.0,
-            "predicted_per_second": s.n_decoded * 1000 / gen_ms if gen_ms > 0 else 0.0,
-        }
-        done = {"type": "done", "finish_reason": reason, "text": rest,
-                "n_prompt": s.n_prompt, "n_cached": s.n_cached, "n_decoded": s.n_decoded,
-                "timings": timings, "slot": s.id, "stop_word": s.stop_word}
+        done = s.done_event(reason, now)
         self._release(s)
         req.sink(done)
 
