@@ -4,6 +4,7 @@ model, same machine, same run. Also the memory of pyfile's server at --parallel 
 
     python bench/bench_server.py MODEL.gguf [--tokens 64] [--parallel 4] [--threads 2]
                                  [--llama-server PATH] [--out bench/results/server.txt]
+                                 [--baseline OLD.pyfile]   # before/after a change, same run
 
 Every request is a streaming chat completion with a question never asked before in the run
 (so llama-server's RAM prompt cache cannot answer it from a copy; every server still reuses
@@ -123,11 +124,14 @@ def load(url: str, clients: int, per_client: int, tokens: int):
     return sum(c for _, c in results) / wall, sorted(t for t, _ in results)
 
 
-def start_pyfile(pf: str, d: str, parallel: int, ctx: int, threads: int, tag: str):
+def start_pyfile(pf: str, d: str, parallel: int, ctx: int, threads: int, tag: str,
+                 extra: tuple = ("--kv-unified",)):
+    """``extra``: flags for this pyfile (a baseline from before --kv-unified existed shares
+    one cache across slots without it)."""
     port = free_port()
     log = os.path.join(d, f"pyfile-{tag}.log")
     proc = subprocess.Popen([pf, "--server", "--port", str(port), "--nobrowser", "-np",
-                             str(parallel), "-c", str(ctx), "-t", str(threads)],
+                             str(parallel), "-c", str(ctx), "-t", str(threads), *extra],
                             env=venv_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, log)
@@ -146,6 +150,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llama-server", default=None, help="default: scripts/build-llama-server.sh")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
+    ap.add_argument("--baseline", default=None, metavar="PYFILE",
+                    help="also serve this pyfile (built from an earlier commit) as "
+                         "'pyfile-before', interleaved in the same rounds")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     a = ap.parse_args()
     lines = []
@@ -169,6 +176,10 @@ def main() -> int:
         try:
             servers["pyfile"], p = start_pyfile(pf, d, a.parallel, a.ctx, a.threads, "main")
             procs.append(p)
+            if a.baseline:
+                servers["pyfile-before"], p = start_pyfile(a.baseline, d, a.parallel, a.ctx,
+                                                           a.threads, "before", extra=())
+                procs.append(p)
             port = free_port()
             log = os.path.join(d, "llama-server.log")
             p = subprocess.Popen([anchor, "-m", a.model, "--host", "127.0.0.1", "--port",
