@@ -4,52 +4,29 @@ One root for everything a *builder* reuses between builds (``$PYFILE_BUILD_CACHE
 ``$XDG_CACHE_HOME/pyfile/build``, else ``~/.cache/pyfile/build``), one sub-folder per kind.
 It is apart from the run-time cache (``$PYFILE_CACHE_DIR``) on purpose: pointing a run at a
 fresh run-time cache must not make the next build download and compile everything again. Entries are
-published atomically: filled in a sibling work folder, then renamed into place, so an
-interrupted build never leaves a half-written entry that a later build would trust.
+published atomically (:func:`publishing`, from :mod:`pyfile.runtime.container.atomic`):
+filled in a sibling work folder, flushed, then renamed into place, so an interrupted build
+(or a power cut) never leaves a half-written entry that a later build would trust.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-import threading
-from typing import Callable, Iterator
+from typing import Callable
 
-CACHE_ENV = "PYFILE_BUILD_CACHE"
+from .runtime.container import atomic, paths
+from .runtime.container.atomic import publishing
+
+CACHE_ENV = paths.BUILD_CACHE_ENV
 
 
 def root() -> str:
-    base = os.environ.get(CACHE_ENV)
-    if base:
-        return base
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "pyfile", "build")
+    return paths.build_cache()
 
 
 def folder(kind: str) -> str:
     """``<root>/<kind>`` (not created)."""
     return os.path.join(root(), kind)
-
-
-@contextlib.contextmanager
-def publishing(target: str) -> Iterator[str]:
-    """Yield a fresh work folder; on success it becomes ``target`` (losing a race is fine)."""
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".", dir=parent)
-    try:
-        yield work
-        try:
-            os.rename(work, target)
-        except OSError:
-            if not os.path.isdir(target):
-                raise
-            shutil.rmtree(work, ignore_errors=True)  # another build published it first
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def identity(path: str) -> str:
@@ -72,15 +49,11 @@ def remembered(name: str, make: Callable[[], bytes]) -> bytes:
     except OSError:
         pass
     data = make()
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, data)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        pass  # an unwritable cache only costs making them again
     return data
 
 

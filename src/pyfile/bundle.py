@@ -20,13 +20,13 @@ import json
 import lzma
 import os
 import re
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import buildcache, engines, wheels
+from .runtime.container import atomic, versions
 from .runtime.container.bundle import BUNDLE_FORMAT, INDEX_NAME, OBJECT_PREFIX, XZ_SUFFIX, target_key
 from .runtime.errors import InputError
 
@@ -117,7 +117,7 @@ def _group(package: str) -> str:
 def assemble(engine: engines.Engine, pythons: List[str],
              wheel_dir: Optional[str] = None) -> Bundle:
     """The bundle for ``engine`` and each CPython in ``pythons`` (cached by its inputs)."""
-    engine_floor = tuple(int(x) for x in engines.glibc_floor(engine).split("."))
+    engine_floor = versions.parse(engines.glibc_floor(engine))
     folders = {py: wheels.fetch(py, wheel_dir) for py in pythons}
     h = hashlib.sha256(f"{BUNDLE_FORMAT}|{SKIP.pattern}".encode())
     if engine.identity:
@@ -168,11 +168,16 @@ def assemble(engine: engines.Engine, pythons: List[str],
         targets.append(target)
     sizes = _write(path, objects, groups, targets)
     digest = _file_sha256(path)
-    with open(index_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"targets": [t.__dict__ for t in targets], "sizes": sizes,
-                   "sha256": digest}, f)
-    os.replace(index_path + ".tmp", index_path)
+    _save_index(index_path, targets, sizes, digest)
     return Bundle(path, targets, sizes, engine.version, sha256=digest)
+
+
+def _save_index(index_path: str, targets: List[Target], sizes: Dict[str, int],
+                digest: str) -> None:
+    """The cached bundle's description, written atomically under a name of its own (two
+    builds at once may write the same bundle)."""
+    atomic.write_bytes(index_path, json.dumps({"targets": [t.__dict__ for t in targets],
+                                               "sizes": sizes, "sha256": digest}).encode())
 
 
 def _file_sha256(path: str) -> str:
@@ -200,11 +205,9 @@ def _write(path: str, objects: Dict[str, bytes], groups: Dict[str, str],
     os.makedirs(os.path.dirname(path), exist_ok=True)
     big = sorted(sha for sha, data in objects.items() if len(data) >= XZ_MIN)
     packed = _xz([(sha, objects[sha]) for sha in big])
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
     sizes: Dict[str, int] = {}
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+    with atomic.replacing(path) as out:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
             for sha in sorted(objects):
                 if sha in packed:  # an xz stream, stored as it is
                     zi = zipfile.ZipInfo(OBJECT_PREFIX + sha + XZ_SUFFIX, date_time=ZIP_DATE)
@@ -221,17 +224,13 @@ def _write(path: str, objects: Dict[str, bytes], groups: Dict[str, str],
                                  for t in targets}}
             zi = zipfile.ZipInfo(INDEX_NAME, date_time=ZIP_DATE)
             zf.writestr(zi, json.dumps(index, sort_keys=True), compress_type=zipfile.ZIP_DEFLATED)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return sizes
 
 
 def check_targets(bundle: Bundle) -> None:
     """Refuse a bundle that cannot keep the glibc promise (a wheel too new)."""
     for t in bundle.targets:
-        v = tuple(int(x) for x in t.libc_version.split("."))
+        v = versions.parse(t.libc_version)
         if v > engines.PROMISED_GLIBC:
             raise InputError(f"the runtime for CPython {t.python} needs glibc {t.libc_version}, "
                              f"newer than the promised "

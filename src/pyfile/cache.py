@@ -2,19 +2,22 @@
 
 A folder is in use while some process holds a shared lock on ``<folder>.lock`` (every
 pyfile run does, for its whole life). Prune takes the exclusive lock without waiting and
-skips the folder when it cannot; lock files are kept, so the lock stays one inode.
+skips the folder when it cannot; lock files are kept, so the lock stays one inode. A work
+folder (``.<name>.<random>``) is being filled while its filler holds ``.<name>.lock``
+(:func:`pyfile.runtime.container.atomic.fill_lock`): prune removes one only when it can take
+that lock, i.e. when its filler died.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
-from .runtime.backend.cpu import cache_dir
+from .runtime.container import atomic
+from .runtime.container.paths import run_cache
 
 KINDS = ("runtime", "native")
 
@@ -40,21 +43,19 @@ def _size(path: str) -> int:
 
 def _busy(path: str) -> bool:
     try:
-        with open(path + ".lock", "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
+        f = atomic.try_lock(path + ".lock")
     except OSError:
         return False
+    if f is None:
+        return True
+    f.close()
     return False
 
 
 def _folders() -> Iterator[Tuple[str, str, str]]:
     """(kind, name, path) for everything in the cache's runtime and native folders."""
     for kind in KINDS:
-        root = os.path.join(cache_dir(), kind)
+        root = os.path.join(run_cache(), kind)
         if os.path.isdir(root):
             for name in sorted(os.listdir(root)):
                 yield kind, name, os.path.join(root, name)
@@ -71,16 +72,20 @@ def prune(older_than_days: float = 0) -> List[Entry]:
     removed = []
     cutoff = time.time() - older_than_days * 86400
     for kind, name, path in _folders():
-        if name.startswith(".") and os.path.isdir(path):  # abandoned work folders
-            shutil.rmtree(path, ignore_errors=True)
-            continue
+        if name.startswith("."):
+            target = atomic.target_of_work(path)
+            if target is not None and os.path.isdir(path):
+                lock = atomic.try_lock(atomic.fill_lock(target))
+                if lock is not None:  # its filler is gone: an abandoned work folder
+                    with lock:
+                        shutil.rmtree(path, ignore_errors=True)
+            continue  # else another process is filling it
         if not os.path.isdir(path) or os.path.getmtime(path) > cutoff:
             continue
-        with open(path + ".lock", "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # in use by a running pyfile
+        lock = atomic.try_lock(path + ".lock")
+        if lock is None:
+            continue  # in use by a running pyfile
+        with lock:
             size = _size(path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(Entry(kind, path, size, 0, False))

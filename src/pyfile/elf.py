@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
+from .runtime.container import versions
+
 ELF_MAGIC = b"\x7fELF"
 SHT_DYNAMIC = 6
 SHT_GNU_VERNEED = 0x6FFFFFFE
@@ -37,7 +39,7 @@ class Needs:
                 if head != prefix:
                     continue
                 try:
-                    v = tuple(int(x) for x in number.split("."))
+                    v = versions.parse(number)
                 except ValueError:
                     continue
                 if best is None or v > best:
@@ -110,7 +112,7 @@ def read_file_needs(path: str) -> Needs:
 
 
 def version_text(v: Optional[Tuple[int, ...]]) -> str:
-    return ".".join(map(str, v)) if v else "none"
+    return versions.text(v)
 
 
 __all__ = ["ELFError", "Needs", "read_needs", "read_file_needs", "version_text"]

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 from . import buildcache, elf
 from .engines import PROMISED_GLIBC
 from .runtime.backend.choice import BACKENDS, LIB_OF
+from .runtime.container import paths, versions
 from .runtime.errors import InputError, UsageError
 
 #: Where published variants are looked for (shared with scripts/build-variant.sh).
@@ -38,10 +39,7 @@ class VariantDir:
 def variants_dir(env: Optional[Dict[str, str]] = None) -> str:
     """``$PYFILE_VARIANTS``, else ``${XDG_CACHE_HOME:-~/.cache}/pyfile-dev/variants``."""
     env = os.environ if env is None else env
-    if env.get(VARIANTS_ENV):
-        return env[VARIANTS_ENV]
-    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "pyfile-dev", "variants")
+    return env.get(VARIANTS_ENV) or os.path.join(paths.dev_cache(env), "variants")
 
 
 def read_dir(kind: str, folder: str, what: str) -> VariantDir:
@@ -108,7 +106,7 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
                          f"shared library ({e})")
             continue
         v.requires = {**v.requires, "glibc": glibc}
-        if _version(glibc) > GLIBC_MAX:
+        if versions.parse_or(glibc) > GLIBC_MAX:
             notes.append(f"left out the {b.title} variant in {folder}: it needs GLIBC_{glibc}, "
                          f"newer than the {'.'.join(map(str, GLIBC_MAX))} a pyfile runs on "
                          f"(--backend {b.kind}={folder} packs it anyway)")
@@ -148,10 +146,3 @@ def library(path: str) -> Library:
 
     key = hashlib.sha256(ident.encode()).hexdigest()
     return Library(**json.loads(buildcache.remembered(f"{key}.library", facts)))
-
-
-def _version(text: str) -> tuple:
-    try:
-        return tuple(int(x) for x in text.split("."))
-    except ValueError:
-        return ()

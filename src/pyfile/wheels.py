@@ -23,6 +23,7 @@ import zipfile
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from . import buildcache
+from .runtime.container import versions
 from .runtime.errors import InputError, UsageError
 
 #: Every CPython the package index has wheels of numpy and pydantic-core for.
@@ -58,7 +59,7 @@ def parse_pythons(text: Optional[str]) -> List[str]:
                              f"{', '.join(SUPPORTED_PYTHONS)}")
         if v not in out:
             out.append(v)
-    return sorted(out, key=lambda s: tuple(map(int, s.split("."))))
+    return sorted(out, key=versions.parse)
 
 
 def _norm(name: str) -> str:

@@ -24,6 +24,7 @@ from . import cpu
 from . import hardware
 from .engine import ModelSource, import_llama_cpp
 from ..errors import BackendError
+from ..container.versions import parse
 from ..container.manifest import Manifest
 
 
@@ -94,7 +95,7 @@ def _gfx_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
 def _vulkan_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
     """ggml's Vulkan backend needs Vulkan 1.2 (``archs`` would list API versions)."""
     try:
-        major, minor = (int(x) for x in gpu.arch.split()[-1].split("."))
+        major, minor = parse(gpu.arch.split()[-1])
     except ValueError:
         return False
     return (major, minor) >= (1, 2) and (not archs or gpu.arch.split()[-1] in archs)

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -160,14 +159,6 @@ def candidates(llama_cpp_module: Any, verdicts: Optional["Verdicts"] = None
 
 # -- verdict cache ---------------------------------------------------------------------------
 
-def cache_dir() -> str:
-    base = os.environ.get("PYFILE_CACHE_DIR")
-    if base:
-        return base
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "pyfile")
-
-
 @functools.lru_cache(maxsize=1)
 def _cpu_signature() -> str:
     """Read once per process: every verdict key of a run needs it."""
@@ -201,7 +192,8 @@ class Verdicts:
     """A small JSON file of probe results; unwritable caches degrade to memory only."""
 
     def __init__(self, path: Optional[str] = None) -> None:
-        self.path = path or os.path.join(cache_dir(), "verdicts.json")
+        from ..container.paths import run_cache
+        self.path = path or os.path.join(run_cache(), "verdicts.json")
         self.data: Dict[str, Dict[str, Any]] = {}
         try:
             with open(self.path, encoding="utf-8") as f:
@@ -216,12 +208,10 @@ class Verdicts:
 
     def put(self, key: str, value: Dict[str, Any]) -> None:
         self.data[key] = value
+        from ..container.atomic import write_bytes
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".verdicts.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
         except OSError:
             pass  # a read-only or full cache only costs a probe next time
 

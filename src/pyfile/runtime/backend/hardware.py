@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ..container import versions
+
 GiB = 1 << 30
 
 
@@ -180,7 +182,7 @@ def _gfx_name(version: int) -> str:
 def _override_gfx(value: str) -> Optional[str]:
     """HSA_OVERRIDE_GFX_VERSION "10.3.0" -> "gfx1030"."""
     try:
-        major, minor, step = (int(x) for x in value.strip().split("."))
+        major, minor, step = versions.parse(value)
     except ValueError:
         return None
     return f"gfx{major}{minor:x}{step:x}"

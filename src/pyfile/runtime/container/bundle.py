@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .archive import Archive
 from ..backend.engine import ENGINE_REQUIREMENT
 from ..errors import EngineError
+from .versions import parse_or
 from .extract import cached_folder
 
 BUNDLE_FORMAT = 3
@@ -74,13 +75,6 @@ class SliceFile(io.RawIOBase):
         super().close()
 
 
-def _version(v: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in v.split("."))
-    except ValueError:
-        return (0,)
-
-
 def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
     """Whether a runtime built for ``info`` can run here, and if not, why not."""
     here_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -94,7 +88,7 @@ def fits(info: Dict[str, Any]) -> Tuple[bool, str]:
          f"{info.get('machine')} (this is {os.uname().machine})"),
         (info.get("libc") == (libc or "unknown"), f"{info.get('libc')} (this has "
                                                    f"{libc or 'another C library'})"),
-        (_version(libc_version) >= _version(str(info.get("libc_version", "0"))),
+        (parse_or(libc_version) >= parse_or(info.get("libc_version", "0")),
          f"glibc {info.get('libc_version')} or newer (this has {libc_version})"),
     ]
     for ok, why in checks:
@@ -117,7 +111,7 @@ def _libc() -> Tuple[str, str]:
 
 
 def _pythons(runtimes: List[Dict[str, Any]]) -> str:
-    versions = sorted({str(r.get("python")) for r in runtimes}, key=_version)
+    versions = sorted({str(r.get("python")) for r in runtimes}, key=parse_or)
     return ", ".join(versions)
 
 

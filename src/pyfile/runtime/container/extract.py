@@ -11,27 +11,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import zlib
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, List, Tuple
 
+from . import atomic
 from .archive import Archive
-from ..backend.cpu import cache_dir
+from .paths import run_cache
 from ..errors import ArchiveError
 
 CHUNK = 1 << 20
-
-
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    import fcntl
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 _held: List[Any] = []  # lock files kept open while this process runs
@@ -75,20 +67,21 @@ def _write_member(arch: Archive, name: str, dest: str) -> None:
                     raise ArchiveError(f"{arch.path}: member {name!r} inflates past its size")
                 sha.update(data)
                 out.write(data)
-    if entry.get("sha256") and sha.hexdigest() != entry["sha256"]:
+    if sha.hexdigest() != entry.get("sha256"):
         raise ArchiveError(f"{arch.path}: member {name!r} is damaged (SHA-256 mismatch)")
 
 
 def cached_folder(kind: str, key: str, fill: Callable[[str], None]) -> str:
     """``<cache>/<kind>/<key>``, filled once by ``fill(work_folder)`` under a lock.
 
-    The work folder is a sibling of the target and renamed into place, so a reader never
-    sees a half-filled folder, and the loser of a race finds the winner's. A shared lock on
+    The work folder is a sibling of the target, flushed and renamed into place (see
+    :mod:`.atomic`), so a reader never sees a half-filled folder, not even after a power
+    cut, and the loser of a race finds the winner's. A shared lock on
     ``<target>.lock`` is held for this process's life ("in use" for ``pyfile cache
     prune``). With no usable cache (read-only, full), a private temporary folder is filled
     for this run only and removed at exit.
     """
-    root = os.path.join(cache_dir(), kind)
+    root = os.path.join(run_cache(), kind)
     target = os.path.join(root, key)
     try:
         os.makedirs(root, exist_ok=True)
@@ -96,16 +89,11 @@ def cached_folder(kind: str, key: str, fill: Callable[[str], None]) -> str:
         if os.path.isdir(target):
             _touch(target)
             return target
-        with _locked(os.path.join(root, f".{key}.lock")):
+        with atomic.locked(atomic.fill_lock(target)):  # prune takes it to remove work folders
             if os.path.isdir(target):
                 return target
-            work = tempfile.mkdtemp(prefix=f".{key}.", dir=root)
-            try:
+            with atomic.publishing(target) as work:
                 fill(work)
-                os.rename(work, target)
-            except BaseException:
-                shutil.rmtree(work, ignore_errors=True)
-                raise
         return target
     except OSError:
         work = tempfile.mkdtemp(prefix=f"pyfile-{kind}-")
@@ -125,8 +113,13 @@ def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
     for member, rel in sorted(files):
         if rel.startswith("/") or ".." in rel.split("/"):
             raise ArchiveError(f"{arch.path}: unsafe path {rel!r}")
-        entry = arch.manifest_entry(member) or {}
-        digest.update(f"{rel}\0{entry.get('sha256', member)}\0".encode())
+        sha = (arch.manifest_entry(member) or {}).get("sha256")
+        if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
+            # The cache folder is named by these digests: without one, every file unpacked
+            # under this name would share a folder with other files' contents.
+            raise ArchiveError(f"{arch.path}: damaged manifest: member {member!r} has no "
+                               f"SHA-256, so it cannot be unpacked into the shared cache")
+        digest.update(f"{rel}\0{sha}\0".encode())
     return cached_folder("native", digest.hexdigest()[:24],
                          lambda work: _fill(arch, files, work))
 

@@ -88,8 +88,8 @@ def _answer(llm: Any, messages: List[Dict[str, str]], max_tokens: Optional[int],
 
 
 def _history_file() -> Optional[str]:
-    from ..backend.cpu import cache_dir
-    d = cache_dir()
+    from ..container.paths import run_cache
+    d = run_cache()
     try:
         os.makedirs(d, exist_ok=True)
     except OSError:
