@@ -83,7 +83,9 @@ def test_failed_build_keeps_the_old_output(tmp_path, tiny_gguf):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(header(1, 0) + struct.pack("<Q", 1) + b"t" + struct.pack("<IQIQ", 1, 1 << 40, 0, 0))
     r = pyfile_cli("build", str(bad), "-o", str(out))
-    assert r.returncode == 1
+    # a bad input: exit status 1 (README: 2 is for usage errors), one line naming the file
+    assert (r.returncode, r.stderr) == (1, f"pyfile: {bad}: truncated: the data section "
+                                           f"would start at 64, past the end (57 bytes)\n")
     assert out.read_bytes() == b"previous"
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
 

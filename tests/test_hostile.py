@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import pyfile_cli
+from conftest import pyfile_cli, run_env
 from ggufgen import write_sparse, write_tiny
 from pyfile.runtime.container.archive import Archive
 from pyfile.runtime.errors import PyfileError
@@ -63,18 +63,45 @@ def test_overlapping_members(tmp_path, slim):
     entries = cd_entries(data)
     first_offset = struct.unpack_from("<I", data, entries[0] + 42)[0]
     struct.pack_into("<I", data, entries[1] + 42, first_offset)  # two members, one header
-    with pytest.raises(PyfileError):
+    with pytest.raises(PyfileError, match="damaged: members .* overlap"):
         Archive.open(str(patched(slim, data, tmp_path, "overlap.pyfile")))
 
 
-def test_sizes_that_lie(tmp_path, slim):
+def _lie_about(data: bytearray, member: str, size: int) -> None:
+    """Set ``member``'s uncompressed size in the zip directory to ``size``."""
+    for e in cd_entries(data):
+        name_len = struct.unpack_from("<H", data, e + 28)[0]
+        if bytes(data[e + 46:e + 46 + name_len]) == member.encode():
+            struct.pack_into("<I", data, e + 24, size)
+            return
+    raise AssertionError(f"no directory entry for {member}")
+
+
+@pytest.mark.parametrize("extra", [1, 1000])
+def test_sizes_that_lie(tmp_path, tiny_gguf, extra):
+    """The zip directory says ``.args`` holds more bytes than its data does (the manifest,
+    read first, is left honest): reading it ends in the size check, not in a short read
+    that passes for the whole member."""
+    src = tmp_path / "t.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(src), "--slim", "--args", "-n 3")
+    assert r.returncode == 0, r.stderr
+    data = bytearray(src.read_bytes())
+    _lie_about(data, ".args", len("-n 3") + extra)
+    p = patched(src, data, tmp_path, "lying.pyfile")
+    with Archive.open(str(p)) as arch:
+        with pytest.raises(PyfileError, match="damaged member '.args': size mismatch"):
+            arch.args_text()
+
+
+def test_sizes_past_the_limits(tmp_path, slim):
+    """Every member claims 2 GiB: the manifest's size cap refuses the file before anything
+    that large is read."""
     data = bytearray(slim.read_bytes())
     for e in cd_entries(data):
         struct.pack_into("<I", data, e + 24, 0x7FFFFFFF)  # uncompressed size
     p = patched(slim, data, tmp_path, "lying.pyfile")
-    with pytest.raises(PyfileError):
-        with Archive.open(str(p)) as arch:
-            arch.read(".args")
+    with pytest.raises(PyfileError, match="manifest.json' is 2147483647 bytes, more than"):
+        Archive.open(str(p))
 
 
 def test_zip_bomb_member_is_bounded(tmp_path):
@@ -89,14 +116,23 @@ def test_zip_bomb_member_is_bounded(tmp_path):
 
 
 def test_inspect_and_verify_never_run_the_file(tmp_path, slim):
-    """A pyfile whose runtime would write a marker if executed: inspect/verify don't."""
+    """A pyfile whose stub writes a marker when the file is executed (shown by running it
+    once): inspect, verify and args read it, succeed, and never write the marker."""
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pyfile"
-    data = slim.read_bytes().replace(
-        b"pyfile_main \"$@\"", b"touch '" + str(marker).encode() + b"'; pyfile_main \"$@\"", 1)
-    evil.write_bytes(data)
+    original = slim.read_bytes()
+    shebang, comment, rest = original.split(b"\n", 2)
+    plant = b'touch "$PYFILE_TEST_MARKER" #'  # the stub's first comment, same length
+    assert shebang == b"#!/bin/sh" and comment.startswith(b"# ") and len(comment) > len(plant)
+    evil.write_bytes(b"\n".join([shebang, plant.ljust(len(comment), b"x"), rest]))
+    evil.chmod(0o755)
+    env = run_env(PYFILE_TEST_MARKER=str(marker))
+    subprocess.run([str(evil), "--version"], capture_output=True, env=env, timeout=120)
+    assert marker.exists(), "the planted command does not run when the file is executed"
+    marker.unlink()
     for cmd in ("inspect", "verify", "args"):
-        pyfile_cli(cmd, str(evil))
+        r = pyfile_cli(cmd, str(evil), env=env)
+        assert r.returncode == 0, (cmd, r.stderr)
     assert not marker.exists()
 
 
