@@ -306,7 +306,8 @@ def test_every_registered_route_is_behind_the_key():
     from pyfile.runtime.server.http import PUBLIC_PATHS
     opts = SimpleNamespace(api_key="k", cors=False, max_body=1 << 20, metrics=True,
                            no_slots=False, temp=0.8, top_k=40, top_p=0.95, min_p=0.05)
-    app = create_app(SimpleNamespace(opts=opts))  # routes never run: the key check is first
+    # Routes never run: the key check is first.
+    app = create_app(SimpleNamespace(opts=opts, runner=None))
     client = TestClient(app, base_url="http://127.0.0.1:8080")  # a Host the server answers
     seen = 0
     # The OpenAPI description lists every route of every router (whatever FastAPI's internals).

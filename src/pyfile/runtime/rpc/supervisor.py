@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Dict, List, Tuple
 
 from ..errors import BackendError
@@ -15,6 +16,15 @@ from .protocol import check_worker
 
 
 CHILD_ENV = "PYFILE_RPC_CHILD"
+
+#: Restarts of a server's engine child back off: the first waits RESTART_DELAY_S, each next
+#: one twice as long, up to RESTART_DELAY_MAX_S; a child that served for STABLE_S resets the
+#: count. After MAX_RESTARTS quick stops in a row (or a child that never started) the server
+#: gives up with one line, rather than respawning in a tight loop.
+RESTART_DELAY_S = 0.5
+RESTART_DELAY_MAX_S = 30.0
+STABLE_S = 60.0
+MAX_RESTARTS = 5
 
 
 def _child_env() -> Dict[str, str]:
@@ -73,28 +83,42 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
     from .. import ready as channel
 
     state: dict = {"proc": None, "port": None, "endpoints": list(endpoints), "lost": [],
-                   "stopping": False}
+                   "stopping": False, "ever_ready": False, "gave_up": None}
+    # The child listens on 127.0.0.1 but is reached under the public --host name: its Host
+    # check must know that name too.
+    from ..server.sites import ALLOWED_HOSTS_ENV
+    child_env = _child_env()
+    child_env[ALLOWED_HOSTS_ENV] = ",".join(x for x in (child_env.get(ALLOWED_HOSTS_ENV),
+                                                        host) if x)
     ready = threading.Event()
+    settled = threading.Event()  # the first child is serving, or the server gave up
+    stopped = threading.Event()  # Ctrl-C / SIGTERM: cut a back-off short
+    on_give_up: list = []
 
     def spawn() -> None:
         rpc_arg = ",".join(f"{h}:{p}" for h, p in state["endpoints"]) or "none"
         # The child shares our stderr (its log lines reach the user as they are) and
         # reports its private port on the readiness channel.
         proc, where = channel.start([path, *argv, "--rpc", rpc_arg, "--host", "127.0.0.1",
-                                     "--port", "0", "--nobrowser"], env=_child_env(),
+                                     "--port", "0", "--nobrowser"], env=child_env,
                                     timeout=None, stdin=subprocess.DEVNULL)
         state["proc"] = proc
         if where is not None:
             state["port"] = where["port"]
+            state["ever_ready"] = True
             ready.set()
+            settled.set()
 
     def watch() -> None:
+        quick = 0  # stops in a row of children that did not serve for STABLE_S
         while not state["stopping"]:
+            began = time.monotonic()
             spawn()
             code = state["proc"].wait()
             ready.clear()
             if state["stopping"]:
                 return
+            quick = quick + 1 if time.monotonic() - began < STABLE_S else 1
             alive = []
             for h, p in state["endpoints"]:
                 try:
@@ -104,10 +128,25 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
                     state["lost"].append(f"{h}:{p}")
             state["endpoints"] = alive
             state["diagnosed"] = state["proc"]  # the relay may now name the lost worker
+            if not state["ever_ready"] or quick > MAX_RESTARTS:
+                state["gave_up"] = (
+                    f"the engine stopped (exit {code}) before it served" if not
+                    state["ever_ready"] else
+                    f"the engine stopped {quick} times in a row, each within {STABLE_S:g} s "
+                    f"(last exit {code}; RPC worker(s) lost: "
+                    f"{', '.join(state['lost']) or 'none'}); giving up")
+                settled.set()
+                for fn in on_give_up:
+                    fn()
+                return
+            delay = min(RESTART_DELAY_MAX_S, RESTART_DELAY_S * 2 ** (quick - 1))
             sys.stderr.write(f"pyfile: the engine stopped (exit {code}); RPC worker(s) "
                              f"{', '.join(state['lost']) or '?'} lost; restarting "
-                             f"{'with ' + str(len(alive)) + ' worker(s)' if alive else 'locally'}\n")
+                             f"{'with ' + str(len(alive)) + ' worker(s)' if alive else 'locally'}"
+                             f" in {delay:g} s\n")
             sys.stderr.flush()
+            if stopped.wait(delay):
+                return
 
     def error_response() -> bytes:
         from ..server.errors import error_body
@@ -176,8 +215,14 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
     async def main() -> None:
         server = await asyncio.start_server(relay, host, port)
         shown = server.sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        on_give_up.append(lambda: loop.call_soon_threadsafe(stop.set))
         threading.Thread(target=watch, daemon=True).start()
-        await asyncio.get_running_loop().run_in_executor(None, ready.wait)
+        await loop.run_in_executor(None, settled.wait)
+        if state["gave_up"]:
+            server.close()
+            return
         sys.stderr.write(f"pyfile: serving the web chat at http://{host}:{shown}/ and the "
                          f"OpenAI API at http://{host}:{shown}/v1 (layers on RPC workers "
                          f"{', '.join(f'{h}:{p}' for h, p in endpoints)}; Ctrl-C stops)\n")
@@ -185,12 +230,11 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         local = f"[{local}]" if ":" in local else local
         channel.announce(host, shown, f"http://{local}:{shown}/")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         state["stopping"] = True
+        stopped.set()
         server.close()
         if state["proc"] is not None and state["proc"].poll() is None:
             state["proc"].terminate()
@@ -200,5 +244,7 @@ def supervise_server(path: str, argv: List[str], endpoints: List[Tuple[str, int]
         asyncio.run(main())
     except asyncio.CancelledError:
         pass
+    if state["gave_up"]:
+        raise BackendError(state["gave_up"])
     sys.stderr.write("pyfile: server stopped\n")
     return 0

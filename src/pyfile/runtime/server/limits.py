@@ -1,7 +1,8 @@
 """The checks of a request that need the model: token ids inside the vocabulary, a length
-limit inside the context, a grammar that compiles. Each raises :class:`~.errors.APIError`
-(400, naming the field) before the request is queued, so a bad value is refused rather
-than wrapped, dropped or found by the scheduler thread.
+limit inside the context. Each raises :class:`~.errors.APIError` (400, naming the field)
+while the runner prepares the task, before it is queued, so a bad value is refused rather
+than wrapped, dropped or found by the scheduler thread. (A grammar is compiled into the
+request's sampler chain there too: :meth:`~.runner.Runner.prepare`.)
 
 The checks that need only the body (types, ranges, shapes) are in :mod:`.schemas`.
 """
@@ -59,20 +60,3 @@ def logit_bias_ids(bias: Any, n_vocab: int, tokenize: Callable[[str], List[int]]
                                     f"{n_vocab - 1}.", param=param, code="invalid_value")
             out[t] = val
     return out
-
-
-def check_grammar(L: Any, vocab: Any, grammar: str, param: str = "grammar") -> None:
-    """Compile ``grammar`` (GBNF, root rule ``root``) with llama.cpp's parser and free it:
-    a grammar that does not parse is a 400 here, not an error from the scheduler after the
-    request waited for a slot. ``L`` is ``llama_cpp.llama_cpp``; runs in any thread."""
-    try:
-        text = grammar.encode("utf-8")
-    except UnicodeEncodeError:
-        raise APIError(400, f"Invalid '{param}': not valid Unicode", param=param,
-                       code="invalid_grammar") from None
-    sampler = L.llama_sampler_init_grammar(vocab, text, b"root")
-    if not sampler:
-        raise APIError(400, f"Invalid '{param}': the grammar does not parse (GBNF with a "
-                            f"'root' rule; llama.cpp's log says where)", param=param,
-                       code="invalid_grammar")
-    L.llama_sampler_free(sampler)

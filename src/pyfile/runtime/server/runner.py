@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, TypeVar, 
 from .chat import response_format_grammar, schema_grammar, text_message, tool_grammar
 from .errors import APIError
 from .http import CURRENT_RECEIVE
+from .limits import check_max_tokens, logit_bias_ids
 from .sampling import SamplerChain, SamplingParams
 from .scheduler import Engine, Request
 from .task import Result, Step, Task, TokenProb
@@ -91,6 +92,7 @@ class Runner:
         p = SamplingParams(**task.sampling)
         if p.repeat_last_n < 0:
             p.repeat_last_n = self.state.engine.n_ctx
+        check_max_tokens(task.max_tokens, self.state.engine.n_ctx_slot)
         p.max_tokens = -1 if task.max_tokens is None else task.max_tokens
         p.stop = [s for s in stop if s]
         p.grammar = self.grammar(task)
@@ -109,25 +111,7 @@ class Runner:
     def logit_bias(self, bias: Any) -> Dict[int, float]:
         """OpenAI's ``{"token id": bias}`` or llama-server's ``[[token or text, bias]]``."""
         st = self.state
-        out: Dict[int, float] = {}
-        items = bias.items() if isinstance(bias, dict) else (bias or [])
-        for item in items:
-            key, value = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
-            val = float("-inf") if value is False else float(value) if value is not None else 0.0
-            if isinstance(key, str) and not key.lstrip("-").isdigit():
-                ids = st.tokenize(key, add_special=False)
-            else:
-                try:
-                    ids = [int(key)]  # type: ignore[arg-type]
-                except (TypeError, ValueError):
-                    raise APIError(400, "logit_bias keys must be token ids",
-                                   param="logit_bias") from None
-            for t in ids:
-                if not 0 <= t < st.n_vocab:
-                    raise APIError(400, f"logit_bias token ids must be in 0..{st.n_vocab - 1}",
-                                   param="logit_bias")
-                out[t] = val
-        return out
+        return logit_bias_ids(bias, st.n_vocab, lambda text: st.tokenize(text, False))
 
 
 class Run:

@@ -28,6 +28,8 @@ SEED_MIN, SEED_MAX = -2 ** 63, 2 ** 63 - 1
 #: Alternatives per token a request may ask for (OpenAI: 20 for chat; llama-server: n_probs).
 MAX_TOP_LOGPROBS = 20
 MAX_N_PROBS = 100
+#: Most choices one chat request may ask for (``n``): each takes a slot of its own.
+MAX_CHOICES = 16
 #: ``logit_bias`` values (OpenAI's range); ``false`` (llama-server) bans a token.
 MAX_BIAS = 100.0
 #: How deeply a body's JSON may nest (tool schemas included): deeper is refused, not recursed.
@@ -259,6 +261,8 @@ class Sampling(RequestBody):
     json_schema: Optional[Dict[str, Any]] = None
     ignore_eos: bool = False
     stream_options: Optional[Dict[str, Any]] = None
+    post_sampling_probs: bool = False   # llama-server: n_probs as probabilities after sampling
+    return_progress: bool = False       # llama-server: prompt-progress events in a stream
 
     _bias = field_validator("logit_bias")(check_logit_bias)
 
@@ -272,6 +276,9 @@ class Sampling(RequestBody):
 
 class ChatRequest(Sampling):
     messages: List[ChatMessage] = Field(min_length=1)
+    n: Int = Field(default=1, ge=1, le=MAX_CHOICES)
+    add_generation_prompt: bool = True          # llama-server's template switches
+    continue_final_message: Optional[bool] = None
     max_completion_tokens: Optional[Int] = Field(default=None, ge=0, le=INT32_MAX)
     response_format: Optional[Dict[str, Any]] = None
     tools: Optional[List[Dict[str, Any]]] = None
@@ -288,10 +295,16 @@ class CompletionRequest(Sampling):
     max_tokens: Optional[Int] = Field(default=16, ge=-1, le=INT32_MAX)
 
 
+#: llama-server's prompt forms (server/prompts.py): text, token ids, a mix, a JSON object
+#: ``{"prompt_string": ...}``, or a list of those.
+NativePrompt = Union[str, Dict[str, Any],
+                     List[Union[Int, str, Dict[str, Any], List[Union[Int, str]]]]]
+
+
 class NativeCompletionRequest(Sampling):
     """llama-server's ``/completion``: ``n_predict`` rather than ``max_tokens``."""
 
-    prompt: Union[str, List[Union[Int, str]]]
+    prompt: NativePrompt
     n_predict: Int = Field(default=-1, ge=-1, le=INT32_MAX)
     cache_prompt: bool = True
 
@@ -312,8 +325,8 @@ class InfillRequest(NativeCompletionRequest):
 
 
 class EmbeddingRequest(RequestBody):
-    input: Union[str, List[str], None] = None
-    content: Union[str, List[str], None] = None  # llama-server's /embedding
+    input: Optional[NativePrompt] = None
+    content: Optional[NativePrompt] = None  # llama-server's /embedding
     model: Optional[str] = None
     encoding_format: Optional[str] = None
     embd_normalize: Int = Field(default=2, ge=-1, le=100)
@@ -348,7 +361,8 @@ class ApplyTemplateRequest(RequestBody):
 # -- Anthropic ---------------------------------------------------------------------------------
 
 def _check_blocks(blocks: Any, where: str, nested: bool = False) -> None:
-    """Anthropic content blocks: text, tool_use and tool_result (with text inside)."""
+    """Anthropic content blocks: text, tool_use, tool_result (with text inside) and
+    thinking / redacted_thinking (earlier turns of a reasoning model)."""
     if isinstance(blocks, str) or (blocks is None and nested):
         return
     if not isinstance(blocks, list):
@@ -366,6 +380,11 @@ def _check_blocks(blocks: Any, where: str, nested: bool = False) -> None:
         elif kind == "tool_result" and not nested:
             _need(b, "tool_use_id", str, "a string", at, optional=True)
             _check_blocks(b.get("content"), f"{at}.content", nested=True)
+        elif kind == "thinking" and not nested:  # a reasoning model's earlier thoughts
+            _need(b, "thinking", str, "a string", at)
+            _need(b, "signature", str, "a string", at, optional=True)
+        elif kind == "redacted_thinking" and not nested:
+            _need(b, "data", str, "a string", at, optional=True)
         else:
             raise FieldError(f"{at}.type", f"content blocks of type {kind!r} are not "
                                            f"supported by this model")
@@ -424,7 +443,8 @@ class _AnthropicPrompt(RequestBody):
 class AnthropicRequest(_AnthropicPrompt):
     """Anthropic's Messages API (``/v1/messages``)."""
 
-    max_tokens: Int = Field(default=4096, ge=1, le=INT32_MAX)
+    # Anthropic's API requires max_tokens; without one: until the model stops.
+    max_tokens: Optional[Int] = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, ge=0, le=1)
     top_k: Int = Field(default=0, ge=0, le=INT32_MAX)
