@@ -46,7 +46,7 @@ CMAKE_FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARI
 #: Libraries a portable engine may not need: minimal systems lack them.
 UNPORTABLE_LIBS = ("libgomp.so.1",)
 WHEEL_GLOB = "llama_cpp_python-*.whl"
-CPU_VARIANT = re.compile(r"(^|/)libggml-cpu-[a-z0-9_]+\.so$")
+CPU_VARIANT = re.compile(r"(^|/)libggml-cpu-[a-z0-9_.]+\.so$")  # x64 ... armv9.2_2
 #: What of a llama-cpp-python install a runtime needs: the package, and the CPU variants
 #: that some builds put in a top-level bin/ folder of site-packages.
 ENGINE_FILE = re.compile(r"(llama_cpp/|bin/libggml)")
@@ -209,10 +209,22 @@ def engines_dir() -> str:
     return buildcache.folder("engines")
 
 
-def cached_wheels() -> List[str]:
-    """Portable engine wheels built by ``pyfile engine build``, newest first."""
-    found = glob.glob(os.path.join(engines_dir(), f"llama-cpp-python-{ENGINE_VERSION}-*",
-                                   WHEEL_GLOB))
+#: The machines an engine is built for (on an x86-64 builder; aarch64 cross-compiled).
+ARCHES = ("x86_64", "aarch64")
+
+
+def _engine_folder_glob(arch: str) -> str:
+    # x86-64 engines keep the folder name they had before aarch64 ones existed.
+    tag = "" if arch == "x86_64" else f"{arch}-"
+    return os.path.join(engines_dir(), f"llama-cpp-python-{ENGINE_VERSION}-{tag}*")
+
+
+def cached_wheels(arch: str = "x86_64") -> List[str]:
+    """Portable engine wheels for ``arch`` built by ``pyfile engine build``, newest first."""
+    found = glob.glob(os.path.join(_engine_folder_glob(arch), WHEEL_GLOB))
+    if arch == "x86_64":
+        found = [w for w in found if not any(f"-{a}-" in os.path.basename(os.path.dirname(w))
+                                             for a in ARCHES if a != arch)]
     return sorted(found, key=os.path.getmtime, reverse=True)
 
 
@@ -221,12 +233,18 @@ HOW_TO_GET = (f"run 'pyfile engine build' once (it compiles llama-cpp-python {EN
               f"or give --engine WHEEL")
 
 
-def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False) -> Engine:
+def find_engine(wheel: Optional[str] = None, allow_unportable: bool = False,
+                arch: str = "x86_64") -> Engine:
     """The engine to pack: ``--engine WHEEL``, else the cached portable build, else the
-    installed one if it is portable. An unportable engine is refused unless allowed."""
+    installed one if it is portable. An unportable engine is refused unless allowed.
+    For another ``arch`` than x86-64 only the cached build will do."""
     if not wheel:
-        cached = cached_wheels()
+        cached = cached_wheels(arch)
         wheel = cached[0] if cached else None
+        if wheel is None and arch != "x86_64":
+            raise InputError(f"no {arch} engine to pack: run 'pyfile engine build --arch "
+                             f"{arch}' once (cross-compiled with zig, about 15 minutes on "
+                             f"2 cores), or narrow the file with --arch x86_64")
     if wheel:
         eng = _checked_wheel(wheel)
     else:
@@ -261,9 +279,11 @@ def _checked_wheel(path: str) -> Engine:
 Progress = Optional[Callable[[int, str], None]]
 
 
-def build_key() -> str:
-    text = "|".join([ENGINE_VERSION, ZIG_VERSION, TARGET_GLIBC, *CMAKE_FLAGS])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def build_key(arch: str = "x86_64") -> str:
+    parts = [ENGINE_VERSION, ZIG_VERSION, TARGET_GLIBC, *CMAKE_FLAGS]
+    if arch != "x86_64":  # (the x86-64 key stays what it was: its cached builds remain)
+        parts += [arch, *CROSS_FLAGS, ARM_CC_WRAPPER]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _pip(*args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = None,
@@ -311,48 +331,83 @@ def _zig(tools: str, log: str) -> str:
 TOOLS = {"cc": f"cc -target x86_64-linux-gnu.{TARGET_GLIBC}",
          "c++": f"c++ -target x86_64-linux-gnu.{TARGET_GLIBC}",
          "ar": "ar", "ranlib": "ranlib"}
+#: CMake's cross-compiling switches for an aarch64 engine.
+CROSS_FLAGS = ("-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64")
+#: zig reads ``-march`` as ``-mcpu`` on aarch64 and spells architecture versions and some
+#: features its own way, so ggml's per-variant ``-march=armv8.2-a+dotprod+fp16`` is
+#: rewritten to ``-mcpu=generic+v8_2a+dotprod+fullfp16`` before zig sees it.
+ARM_CC_WRAPPER = r"""#!/bin/sh
+for a do
+    shift
+    case $a in
+        -march=armv*)
+            spec=${a#-march=armv}
+            base=${spec%%+*}
+            feats=$(printf '%s' "${spec#"$base"}" | sed -e 's/+fp16/+fullfp16/g' -e 's/+no\([a-z0-9]*\)/-\1/g')
+            base=v$(printf '%s' "${base%-a}" | tr . _)a
+            set -- "$@" "-mcpu=generic+$base$feats" ;;
+        *) set -- "$@" "$a" ;;
+    esac
+done
+exec "@ZIG@" @SUB@ -target aarch64-linux-gnu.@GLIBC@ "$@"
+"""
 
 
-def toolchain(log: Optional[str] = None) -> str:
+def toolchain(log: Optional[str] = None, arch: str = "x86_64") -> str:
     """A folder of compilers around zig (``zig-cc``, ``zig-c++``, ``zig-ar``,
-    ``zig-ranlib``: CMake wants one executable per tool) aiming at glibc
-    :data:`TARGET_GLIBC`: what the engine and ``scripts/build-variant.sh`` compile with.
-    Made once in the build cache (``pyfile engine toolchain`` prints it)."""
+    ``zig-ranlib``: CMake and configure want one executable per tool) aiming at
+    ``<arch>-linux-gnu`` with glibc :data:`TARGET_GLIBC`: what the engine, the carried
+    interpreter and ``scripts/build-variant.sh`` compile with. Made once in the build cache
+    (``pyfile engine toolchain`` prints the x86-64 one)."""
     zig = _zig(buildcache.folder("tools"), log or os.devnull)
-    folder = os.path.join(os.path.dirname(os.path.dirname(zig)), "bin")
+    if arch not in ARCHES:
+        raise UsageError(f"--arch {arch}: not one of {', '.join(ARCHES)}")
+    key = hashlib.sha256(ARM_CC_WRAPPER.encode()).hexdigest()[:8]
+    folder = os.path.join(os.path.dirname(os.path.dirname(zig)),
+                          "bin" if arch == "x86_64" else f"bin-{arch}-{key}")
     if not all(os.path.isfile(os.path.join(folder, f"zig-{n}")) for n in TOOLS):
         with buildcache.publishing(folder) as work:
             for name, sub in TOOLS.items():
                 path = os.path.join(work, f"zig-{name}")
+                if arch == "x86_64" or name in ("ar", "ranlib"):
+                    text = f'#!/bin/sh\nexec "{zig}" {sub} "$@"\n'
+                else:
+                    text = (ARM_CC_WRAPPER.replace("@ZIG@", zig).replace("@SUB@", name)
+                            .replace("@GLIBC@", TARGET_GLIBC))
                 with open(path, "w") as f:
-                    f.write(f'#!/bin/sh\nexec "{zig}" {sub} "$@"\n')
+                    f.write(text)
                 os.chmod(path, 0o755)
     return folder
 
 
 def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
-                 progress: Progress = None, force: bool = False) -> str:
-    """Compile the portable engine wheel once; return its path in the build cache.
+                 progress: Progress = None, force: bool = False, arch: str = "x86_64") -> str:
+    """Compile the portable engine wheel for ``arch`` once; return its path in the build
+    cache (an aarch64 engine is cross-compiled, with ggml's ARM CPU variants).
 
     ``source``: a llama-cpp-python sdist to build from (default: downloaded). ``progress``
     receives (percent, stage). Raises :class:`EngineBuildError` with the log's path.
     """
     if sys.platform != "linux" or os.uname().machine != "x86_64":
-        raise UsageError("pyfile engine build makes x86-64 Linux engines and runs on x86-64 "
+        raise UsageError("pyfile engine build makes Linux engines and runs on x86-64 "
                          "Linux only")
-    target = os.path.join(engines_dir(), f"llama-cpp-python-{ENGINE_VERSION}-{build_key()}")
+    if arch not in ARCHES:
+        raise UsageError(f"--arch {arch}: not one of {', '.join(ARCHES)}")
+    tag = "" if arch == "x86_64" else f"{arch}-"
+    target = os.path.join(engines_dir(),
+                          f"llama-cpp-python-{ENGINE_VERSION}-{tag}{build_key(arch)}")
     done = glob.glob(os.path.join(target, WHEEL_GLOB))
     if done and not force:
         return done[0]
     if force and os.path.isdir(target):
         shutil.rmtree(target)
     os.makedirs(engines_dir(), exist_ok=True)
-    log = os.path.join(engines_dir(), f"build-{build_key()}.log")
+    log = os.path.join(engines_dir(), f"build-{tag}{build_key(arch)}.log")
     with open(log, "w"):
         pass
     say = progress or (lambda pct, stage: None)
     say(0, "fetching zig and the llama-cpp-python source")
-    bin_dir = toolchain(log)
+    bin_dir = toolchain(log, arch)
     with buildcache.publishing(target) as work, tempfile.TemporaryDirectory() as scratch:
         if source is None:
             _pip("download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", scratch,
@@ -363,7 +418,7 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
         tool = {name: os.path.join(bin_dir, f"zig-{name}") for name in TOOLS}
         flags = [f"-DCMAKE_C_COMPILER={tool['cc']}", f"-DCMAKE_CXX_COMPILER={tool['c++']}",
                  f"-DCMAKE_AR={tool['ar']}", f"-DCMAKE_RANLIB={tool['ranlib']}",
-                 *CMAKE_FLAGS]
+                 *CMAKE_FLAGS, *(CROSS_FLAGS if arch != "x86_64" else ())]
         env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
                    CMAKE_GENERATOR="Unix Makefiles",  # Ninja loops on "still dirty" with zig
                    CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
@@ -388,4 +443,4 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
 
 __all__ = ["Engine", "EngineBuildError", "build_engine", "find_engine", "problems",
            "from_wheel", "installed", "cached_wheels", "glibc_floor", "toolchain",
-           "PROMISED_GLIBC"]
+           "PROMISED_GLIBC", "ARCHES"]

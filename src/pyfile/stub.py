@@ -85,13 +85,65 @@ def _marshalled(member: str, source: bytes) -> bytes:
         compile(source, member, "exec", dont_inherit=True), MARSHAL_VERSION))
 
 
+#: Room in the stub for the table of carried interpreters (" MACHINE:OFFSET:SIZE:SHA256"
+#: each, at most 107 bytes), blank when rendered and filled in place once the members'
+#: offsets are known: the stub's length never changes, so nothing after it moves.
+CARRIED_WIDTH = 320
+CARRIED_MARK = b"pyfile_carried='"
+
+
 def render() -> bytes:
     """The stub bytes: POSIX sh, ending in a newline, with no NUL bytes.
 
-    The stub tries newer interpreters first; the runtime inside serves every CPython from
-    3.9 on, so any of them will do.
+    A file that carries interpreters runs the one for its machine (the table is filled by
+    :func:`carried_table`); one that carries none tries newer interpreters on PATH first.
     """
     text = _read("stub.sh").replace("@VERSION@", __version__)
     text = text.replace("@BOOTSTRAP@", bootstrap_source())
+    text = text.replace("@CARRIED@", " " * CARRIED_WIDTH)
     assert "\0" not in text and not re.search(r"@[A-Z]+@", text)
     return text.encode("utf-8")
+
+
+def carried_offset(stub_bytes: bytes) -> int:
+    """Where the carried-interpreter table starts in ``stub_bytes`` (from :func:`render`)."""
+    at = stub_bytes.find(CARRIED_MARK)
+    if at < 0:
+        raise ValueError("the stub has no carried-interpreter table")
+    return at + len(CARRIED_MARK)
+
+
+def carried_table(entries: List[Tuple[str, int, int, str]]) -> bytes:
+    """The table's bytes for (machine, offset, size, sha256) entries, padded to the field."""
+    text = "".join(f" {m}:{off}:{size}:{sha}" for m, off, size, sha in entries)
+    if len(text) > CARRIED_WIDTH or any(off % 65536 for _, off, _, _ in entries):
+        raise ValueError(f"carried-interpreter table does not fit: {text!r}")
+    return text.ljust(CARRIED_WIDTH).encode("ascii")
+
+
+# Runs in another interpreter (the carried one): bytecode for its own magic number and tag.
+_FOREIGN_COMPILE = r"""
+import importlib.util, marshal, sys
+out = []
+for member, source in marshal.loads(sys.stdin.buffer.read()):
+    header = (importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")
+              + importlib.util.source_hash(source))
+    code = compile(source, member, "exec", dont_inherit=True)
+    out.append((member, header + marshal.dumps(code, %d)))
+sys.stdout.buffer.write(marshal.dumps((sys.implementation.cache_tag, out)))
+""" % MARSHAL_VERSION
+
+
+def foreign_bytecode(python: str, files: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
+    """:func:`bytecode` as interpreter ``python`` makes it (a carried interpreter that runs
+    on this machine), so that it too starts without compiling the runtime; [] if it cannot
+    run here."""
+    import subprocess
+    sources = [(m, s) for m, s in files if m.endswith(".py")]
+    try:
+        r = subprocess.run([python, "-I", "-S", "-c", _FOREIGN_COMPILE],
+                           input=marshal.dumps(sources), capture_output=True, timeout=300)
+        tag, out = marshal.loads(r.stdout) if r.returncode == 0 else (None, [])
+    except (OSError, subprocess.TimeoutExpired, ValueError, EOFError, TypeError):
+        return []
+    return [(pyc_name(m, tag), data) for m, data in out] if tag else []

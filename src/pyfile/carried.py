@@ -1,0 +1,574 @@
+"""Build-time: the CPython every pyfile carries, compiled from source once per architecture.
+
+A pyfile needs nothing on the target but Linux (glibc 2.28 or newer): it carries its own
+interpreter, one per architecture (x86-64 and aarch64), and the stub runs it straight away.
+This module makes those interpreters (``pyfile python build``):
+
+* sources: Debian's original tarballs of CPython 3.13 and of the C libraries the runtime's
+  modules need (libffi for ctypes, OpenSSL for ssl/hashlib, SQLite for diskcache, zlib,
+  xz for lzma), each pinned by SHA-256 and fetched once into the build cache;
+* compiler: zig (as for the engine, :func:`pyfile.engines.toolchain`) aimed at
+  ``<arch>-linux-gnu.2.28``; the C libraries are linked statically into the extension
+  modules, so the result needs only glibc (libc, libm, libpthread, libdl, librt);
+* what is kept: the interpreter (``bin/python3``), the extension modules the runtime uses
+  and a trimmed standard library with bytecode (no tests, IDLE, tkinter, ensurepip...).
+
+The result per architecture is ``python.tar.gz`` (deterministic: sorted, owner 0, time 0)
+in ``<build cache>/python/cpython-<version>-<arch>-<key>/``, the key being a digest of
+everything that produced it (sources, zig, glibc target, configure flags, this recipe);
+``python.json`` beside it records its SHA-256, size and glibc floor. The stub extracts the
+tarball with ``gzip`` and ``tar`` (every Linux has them, busybox included).
+
+The aarch64 interpreter is cross-compiled; CPython then needs a build Python of the same
+version, which is the x86-64 one made first.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import buildcache, elf
+from .runtime.errors import PyfileError, UsageError
+
+#: The carried CPython (its bytecode tag must match the runtime's build-time bytecode).
+PYTHON_VERSION = "3.13.5"
+PYTHON_MINOR = "3.13"
+ARCHES = ("x86_64", "aarch64")
+#: The glibc the interpreter is compiled against (the engine's floor too).
+TARGET_GLIBC = "2.28"
+#: Bump when the steps below change in a way that changes the result.
+RECIPE = 1
+MIRROR = "http://deb.debian.org/debian/pool/main/"
+
+
+@dataclass(frozen=True)
+class SourceTarball:
+    name: str  # short name, the folder it unpacks to starts with it
+    path: str  # under MIRROR
+    sha256: str
+
+    @property
+    def file(self) -> str:
+        return os.path.basename(self.path).replace("%2b", "+")
+
+
+#: Debian's original (upstream) tarballs; Debian keeps these while the release ships them.
+SOURCES = (
+    SourceTarball("Python", "p/python3.13/python3.13_3.13.5.orig.tar.xz",
+                  "93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640"),
+    SourceTarball("openssl", "o/openssl/openssl_3.5.7.orig.tar.gz",
+                  "a8c0d28a529ca480f9f36cf5792e2cd21984552a3c8e4aa11a24aa31aeac98e8"),
+    SourceTarball("libffi", "libf/libffi/libffi_3.4.8.orig.tar.gz",
+                  "cbb7f0b3b095dc506387ec1e35b891bfb4891d05b90a495bc69a10f2293f80ff"),
+    SourceTarball("sqlite3", "s/sqlite3/sqlite3_3.46.1.orig.tar.xz",
+                  "d0cdd2ece271b29e7ce18095745d892517ee26d0f270065b3a25c2e9eb11639c"),
+    SourceTarball("zlib", "z/zlib/zlib_1.3.dfsg%2breally1.3.1.orig.tar.gz",
+                  "60dd315c07f616887caa029408308a018ace66e3d142726a97db164b3b8f69fb"),
+    SourceTarball("xz", "x/xz-utils/xz-utils_5.8.1.orig.tar.xz",
+                  "0b54f79df85912504de0b14aec7971e3f964491af1812d83447005807513cd9e"),
+)
+
+#: Position-independent, optimised, and without UBSan (zig turns it on in unoptimised
+#: compiles, which configure's test programs are; CPython trips it).
+CFLAGS = "-O2 -fPIC -fno-sanitize=undefined"
+OPENSSL_OPTIONS = ("no-shared", "no-module", "no-tests", "no-docs", "no-asm", "no-legacy",
+                   "no-engine", "no-comp", "no-srp", "no-gost", "no-idea", "no-seed",
+                   "no-camellia", "no-aria", "no-sm2", "no-sm3", "no-sm4", "no-whirlpool",
+                   "no-rc2", "no-rc4", "no-rc5", "no-mdc2", "no-bf", "no-cast", "no-quic")
+#: Extension modules the runtime never uses (or whose libraries are not carried): marked
+#: unavailable so configure neither looks for them nor builds them.
+UNWANTED_MODULES = ("_tkinter", "_curses", "_curses_panel", "_dbm", "_gdbm", "readline",
+                    "_uuid", "_bz2", "nis", "_tkinter", "xxlimited", "xxlimited_35",
+                    "_testcapi", "_testinternalcapi", "_testbuffer", "_testimportmultiple",
+                    "_testmultiphase", "_testsinglephase", "_testexternalinspection",
+                    "_testlimitedcapi", "_testclinic", "_testclinic_limited", "_ctypes_test",
+                    "xxsubtype", "_xxtestfuzz")
+CONFIGURE_FLAGS = ("--disable-shared", "--disable-test-modules", "--without-ensurepip",
+                   "--with-computed-gotos", "--without-doc-strings", "--with-openssl-rpath=no",
+                   "--without-readline")
+#: Parts of the standard library a pyfile never imports.
+STDLIB_DROP = re.compile(r"^(test|idlelib|tkinter|turtledemo|ensurepip|pydoc_data|lib2to3|"
+                         r"venv|__phello__|site-packages|config-[^/]*)(/|$)|"
+                         r"^(turtle|pydoc|doctest|tabnanny|__hello__|_pydecimal|_pylong)\.py$|"
+                         r"(^|/)tests?/|(^|/)__pycache__/")
+#: The extension modules the runtime needs; a build without one of them is refused.
+REQUIRED_MODULES = ("_ctypes", "_ssl", "_hashlib", "_sqlite3", "zlib", "_lzma", "_json",
+                    "_socket", "select", "math", "_struct", "_datetime", "_posixsubprocess",
+                    "_multiprocessing", "_random", "_decimal", "binascii", "mmap", "fcntl")
+#: Programs the build runs besides zig (libffi's release tarball needs autotools).
+BUILD_TOOLS = ("make", "perl", "autoreconf", "libtoolize", "aclocal")
+TARBALL = "python.tar.gz"
+INFO = "python.json"
+
+
+class PythonBuildError(PyfileError):
+    """Compiling the carried interpreter failed."""
+
+
+Progress = Optional[Callable[[str, int, str], None]]  # (arch, percent, stage)
+
+
+@dataclass
+class Carried:
+    """A built interpreter for one architecture."""
+
+    arch: str
+    tarball: str  # path of python.tar.gz
+    sha256: str
+    size: int
+    glibc: str  # the newest GLIBC_x.y any of its files needs
+    version: str = PYTHON_VERSION
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.tarball)
+
+    def tree(self) -> str:
+        """The unpacked interpreter beside the tarball (kept: the aarch64 build and the
+        bytecode use the x86-64 one)."""
+        return os.path.join(self.folder, "tree")
+
+
+def build_key(arch: str) -> str:
+    from .engines import ZIG_VERSION
+    text = "|".join([PYTHON_VERSION, arch, ZIG_VERSION, TARGET_GLIBC, str(RECIPE), CFLAGS,
+                     *(s.sha256 for s in SOURCES), *OPENSSL_OPTIONS, *UNWANTED_MODULES,
+                     *CONFIGURE_FLAGS, STDLIB_DROP.pattern])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def target_folder(arch: str) -> str:
+    return os.path.join(buildcache.folder("python"),
+                        f"cpython-{PYTHON_VERSION}-{arch}-{build_key(arch)}")
+
+
+def cached(arch: str) -> Optional[Carried]:
+    """The interpreter for ``arch`` if it was built (and its record is whole), else None."""
+    folder = target_folder(arch)
+    try:
+        with open(os.path.join(folder, INFO), encoding="utf-8") as f:
+            info = json.load(f)
+        tarball = os.path.join(folder, TARBALL)
+        if os.path.getsize(tarball) != info["size"]:
+            return None
+        return Carried(arch, tarball, info["sha256"], info["size"], info["glibc"],
+                       info["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHES:
+        raise UsageError(f"--arch {arch}: not one of {', '.join(ARCHES)}")
+    return arch
+
+
+# -- the toolchain ---------------------------------------------------------------------------
+
+def toolchain(arch: str, log: str) -> Dict[str, str]:
+    """zig's compilers for ``arch`` (:func:`pyfile.engines.toolchain`): name -> path."""
+    from .engines import TOOLS, toolchain as zig_tools
+    folder = zig_tools(log, arch)
+    return {name: os.path.join(folder, f"zig-{name}") for name in TOOLS}
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+def fetch_sources(log: str) -> Dict[str, str]:
+    """name -> local path of each source tarball, downloaded once and checked by SHA-256."""
+    folder = buildcache.folder("sources")
+    os.makedirs(folder, exist_ok=True)
+    out = {}
+    for src in SOURCES:
+        path = os.path.join(folder, src.file)
+        if not (os.path.isfile(path) and _sha256(path) == src.sha256):
+            url = MIRROR + src.path
+            _log(log, f"fetching {url}")
+            tmp = f"{path}.{os.getpid()}.tmp"
+            try:
+                with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+                    shutil.copyfileobj(r, f, 1 << 20)
+                got = _sha256(tmp)
+                if got != src.sha256:
+                    raise PythonBuildError(f"{url}: SHA-256 {got}, expected {src.sha256}")
+                os.replace(tmp, path)
+            except OSError as e:
+                raise PythonBuildError(f"cannot fetch {url}: {e}") from None
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        out[src.name] = path
+    return out
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- building --------------------------------------------------------------------------------
+
+def _log(log: str, text: str) -> None:
+    with open(log, "a") as f:
+        f.write(text + "\n")
+
+
+def _run(cmd: List[str], cwd: str, log: str, env: Optional[Dict[str, str]] = None,
+         on_line: Optional[Callable[[str], None]] = None) -> None:
+    with open(log, "a") as out:
+        out.write(f"$ (cd {cwd} && {' '.join(cmd)})\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, errors="replace")
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                if on_line:
+                    on_line(line)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        code = proc.wait()
+    if code:
+        raise PythonBuildError(f"'{' '.join(cmd[:2])}' failed in {os.path.basename(cwd)} "
+                               f"(exit {code}); the full log is {log}")
+
+
+def _unpack(tarball: str, into: str) -> str:
+    with tarfile.open(tarball) as tf:
+        top = tf.getmembers()[0].name.split("/")[0]
+        tf.extractall(into, filter="data") if hasattr(tarfile, "data_filter") \
+            else tf.extractall(into)
+    return os.path.join(into, top)
+
+
+def _env(tools: Dict[str, str], deps: str) -> Dict[str, str]:
+    env = dict(os.environ, CC=tools["cc"], CXX=tools["c++"], AR=tools["ar"],
+               RANLIB=tools["ranlib"], CFLAGS=CFLAGS, CPPFLAGS=f"-I{deps}/include",
+               LDFLAGS=f"-L{deps}/lib")
+    for var in ("MAKEFLAGS", "PYTHONPATH", "PYTHONHOME", "CONFIG_SITE"):
+        env.pop(var, None)
+    return env
+
+
+def _deps(arch: str, srcs: Dict[str, str], tools: Dict[str, str], host_cc: str, work: str,
+          deps: str, jobs: int, log: str, say: Callable[[int, str], None]) -> None:
+    """zlib, xz (liblzma), libffi, SQLite and OpenSSL as static, PIC libraries in ``deps``."""
+    host = f"{arch}-linux-gnu"
+    env = _env(tools, deps)
+    j = f"-j{jobs}"
+    auto = ["--host=" + host, "--build=x86_64-linux-gnu", "--prefix=" + deps,
+            "--disable-shared", "--enable-static", "--with-pic"]
+
+    say(2, "zlib")
+    d = _unpack(srcs["zlib"], work)
+    _run(["./configure", "--static", "--prefix=" + deps], d, log, env)
+    _run(["make", j, "libz.a"], d, log, env)
+    _run(["make", "install"], d, log, env)
+
+    say(5, "xz")
+    d = _unpack(srcs["xz"], work)
+    _run(["./configure", *auto, "--disable-xz", "--disable-xzdec", "--disable-lzmadec",
+          "--disable-lzmainfo", "--disable-lzma-links", "--disable-scripts", "--disable-doc",
+          "--disable-nls", "--disable-microlzma", "--disable-lzip-decoder"], d, log, env)
+    _run(["make", j, "-C", "src/liblzma"], d, log, env)
+    _run(["make", "-C", "src/liblzma", "install"], d, log, env)
+
+    say(10, "libffi")
+    d = _unpack(srcs["libffi"], work)
+    _run(["./autogen.sh"], d, log, env)  # the release tarball has no configure script
+    _run(["./configure", *auto, "--disable-docs", "--disable-multi-os-directory"], d, log, env)
+    _run(["make", j], d, log, env)
+    _run(["make", "install"], d, log, env)
+
+    say(15, "sqlite")
+    d = _unpack(srcs["sqlite3"], work)
+    # The amalgamation (one sqlite3.c) is generated by tools built for the build machine.
+    native = dict(env, CC=host_cc, CFLAGS="-O1 -fno-sanitize=undefined", CPPFLAGS="",
+                  LDFLAGS="")
+    _run(["./configure", "--disable-tcl"], d, log, native)
+    _run(["make", j, "sqlite3.c"], d, log, native)
+    _run([tools["cc"], *CFLAGS.split(), "-DSQLITE_THREADSAFE=1", "-DSQLITE_ENABLE_FTS5",
+          "-DSQLITE_OMIT_LOAD_EXTENSION", "-c", "sqlite3.c", "-o", "sqlite3.o"], d, log, env)
+    os.makedirs(os.path.join(deps, "lib"), exist_ok=True)
+    _run([tools["ar"], "rcs", os.path.join(deps, "lib", "libsqlite3.a"), "sqlite3.o"], d, log,
+         env)
+    for h in ("sqlite3.h", "sqlite3ext.h"):
+        shutil.copy(os.path.join(d, h), os.path.join(deps, "include", h))
+
+    say(20, "openssl")
+    d = _unpack(srcs["openssl"], work)
+    target = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64"}[arch]
+    ossl_env = dict(env, CFLAGS=CFLAGS)
+    ossl_env.pop("CPPFLAGS")
+    _run(["perl", "./Configure", target, *OPENSSL_OPTIONS, "--prefix=" + deps, "--libdir=lib",
+          "--openssldir=/etc/ssl"], d, log, ossl_env)
+    _run(["make", j, "build_libs"], d, log, ossl_env)
+    _run(["make", "install_dev"], d, log, ossl_env)
+
+
+def _configure_python(arch: str, src: str, tools: Dict[str, str], deps: str,
+                      build_python: Optional[str], log: str) -> None:
+    env = _env(tools, deps)
+    lib = f"{deps}/lib"
+    env.update({
+        "LIBFFI_CFLAGS": f"-I{deps}/include", "LIBFFI_LIBS": f"-L{lib} -lffi",
+        "ZLIB_CFLAGS": f"-I{deps}/include", "ZLIB_LIBS": f"-L{lib} -lz",
+        "LIBLZMA_CFLAGS": f"-I{deps}/include", "LIBLZMA_LIBS": f"-L{lib} -llzma",
+        "LIBSQLITE3_CFLAGS": f"-I{deps}/include", "LIBSQLITE3_LIBS": f"-L{lib} -lsqlite3",
+        "PKG_CONFIG_LIBDIR": f"{lib}/pkgconfig", "PKG_CONFIG_PATH": "",
+        "LDFLAGS": f"-L{lib} -s",
+    })
+    args = ["./configure", f"--host={arch}-linux-gnu", "--build=x86_64-linux-gnu",
+            "--prefix=/pyfile-python", f"--with-openssl={deps}", *CONFIGURE_FLAGS]
+    args += [f"py_cv_module_{m}=n/a" for m in UNWANTED_MODULES]
+    if build_python:  # cross: what configure cannot find out by running programs
+        args += [f"--with-build-python={build_python}", "ac_cv_file__dev_ptmx=yes",
+                 "ac_cv_file__dev_ptc=no", "ac_cv_buggy_getaddrinfo=no"]
+    _run(args, src, log, env)
+
+
+def _stage(src: str, tree: str, arch: str) -> None:
+    """The interpreter, its extension modules and the trimmed standard library, laid out
+    as an installation (``bin/python3``, ``lib/python3.13/``, ``.../lib-dynload/``) so that
+    it finds its standard library from wherever it is unpacked."""
+    lib = os.path.join(tree, "lib", f"python{PYTHON_MINOR}")
+    os.makedirs(os.path.join(tree, "bin"))
+    shutil.copy2(os.path.join(src, "python"), os.path.join(tree, "bin", "python3"))
+    stdlib = os.path.join(src, "Lib")
+    for root, dirs, files in os.walk(stdlib):
+        dirs.sort()
+        rel_root = os.path.relpath(root, stdlib)
+        for name in sorted(files):
+            rel = os.path.normpath(os.path.join(rel_root, name)).replace(os.sep, "/")
+            if STDLIB_DROP.search(rel) or not name.endswith(".py"):
+                continue
+            dest = os.path.join(lib, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(os.path.join(root, name), dest)
+    dynload = os.path.join(lib, "lib-dynload")
+    os.makedirs(dynload)
+    (built,) = glob.glob(os.path.join(src, "build", f"lib.linux-{arch}-{PYTHON_MINOR}"))
+    for name in sorted(os.listdir(built)):
+        if name.endswith(".so"):
+            shutil.copy2(os.path.join(built, name), os.path.join(dynload, name))
+        elif name.startswith("_sysconfigdata_") and name.endswith(".py"):
+            shutil.copyfile(os.path.join(built, name), os.path.join(lib, name))
+    missing = [m for m in REQUIRED_MODULES
+               if not glob.glob(os.path.join(dynload, m + ".cpython-*.so"))
+               and not _builtin(src, m)]
+    if missing:
+        raise PythonBuildError(f"the {arch} interpreter lacks the modules "
+                               f"{', '.join(missing)} (see the build log)")
+
+
+def _builtin(src: str, module: str) -> bool:
+    """Is ``module`` compiled into the interpreter itself (Modules/config.c)?"""
+    try:
+        with open(os.path.join(src, "Modules", "config.c"), encoding="utf-8") as f:
+            return f'{{"{module}",' in f.read()
+    except OSError:
+        return False
+
+
+def _bytecode(tree: str, python: str, log: str) -> None:
+    """Bytecode for the standard library (unchecked hash-based: the files never change
+    where they are unpacked), compiled by ``python`` (an interpreter of the same version)."""
+    lib = os.path.join(tree, "lib", f"python{PYTHON_MINOR}")
+    _run([python, "-I", "-m", "compileall", "-q", "-j0", "-x", "lib-dynload",
+          "--invalidation-mode", "unchecked-hash", lib], tree, log,
+         dict(os.environ, SOURCE_DATE_EPOCH="0"))
+
+
+def _glibc_floor(tree: str) -> str:
+    worst: Tuple[int, ...] = (2, 17)
+    for root, _dirs, files in os.walk(tree):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            v = elf.read_file_needs(path).newest("GLIBC")
+            if v and v > worst:
+                worst = v
+    return elf.version_text(worst)
+
+
+def _pack(tree: str, out: str) -> None:
+    """A deterministic tar.gz of ``tree``: sorted, owner root, time 0."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for root, dirs, files in os.walk(tree):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(root, name)
+                info = tf.gettarinfo(full, os.path.relpath(full, tree))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                info.mode = 0o755 if info.isdir() or (info.mode & 0o100) else 0o644
+                if info.isfile():
+                    with open(full, "rb") as f:
+                        tf.addfile(info, f)
+                else:
+                    tf.addfile(info)
+    with open(out, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9,
+                                             mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+
+
+def build(arch: str, jobs: Optional[int] = None, progress: Progress = None,
+          force: bool = False) -> Carried:
+    """The interpreter for ``arch``: from the build cache, else compiled now (15-25 minutes
+    on 2 cores). ``progress`` receives (arch, percent, stage). Raises
+    :class:`PythonBuildError` naming the log."""
+    check_arch(arch)
+    if os.uname().sysname != "Linux" or os.uname().machine != "x86_64":
+        raise UsageError("pyfile python build runs on x86-64 Linux only")
+    lacking = [t for t in BUILD_TOOLS if shutil.which(t) is None]
+    if lacking:
+        raise UsageError(f"pyfile python build needs {', '.join(lacking)} (Debian: apt-get "
+                         f"install make perl autoconf automake libtool)")
+    found = cached(arch)
+    if found and not force:
+        return found
+    build_python = None
+    if arch != "x86_64":  # cross-compiling CPython needs the same version for the build
+        host = build("x86_64", jobs, progress)
+        build_python = os.path.join(host.tree(), "bin", "python3")
+    target = target_folder(arch)
+    if force and os.path.isdir(target):
+        shutil.rmtree(target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    log = os.path.join(os.path.dirname(target), f"build-{arch}-{build_key(arch)}.log")
+    with open(log, "w"):
+        pass
+    jobs = jobs or os.cpu_count() or 2
+
+    def say(pct: int, stage: str) -> None:
+        if progress:
+            progress(arch, pct, stage)
+
+    say(0, "fetching sources and zig")
+    srcs = fetch_sources(log)
+    tools = toolchain(arch, log)
+    host_cc = toolchain("x86_64", log)["cc"]
+    with buildcache.publishing(target) as pub, tempfile.TemporaryDirectory(
+            prefix=f"pyfile-python-{arch}-") as work:
+        deps = os.path.join(work, "deps")
+        _deps(arch, srcs, tools, host_cc, work, deps, jobs, log, say)
+        say(45, "configuring CPython")
+        src = _unpack(srcs["Python"], work)
+        _configure_python(arch, src, tools, deps, build_python, log)
+        say(50, "compiling CPython")
+        count = [0]
+
+        def on_line(line: str) -> None:  # ~600 compiler lines for the whole interpreter
+            if "-c " in line or line.startswith(tools["cc"]):
+                count[0] += 1
+                if count[0] % 20 == 0:
+                    say(min(50 + count[0] * 40 // 600, 89), "compiling CPython")
+
+        _run(["make", f"-j{jobs}"], src, log, _env(tools, deps), on_line)
+        say(90, "packing")
+        tree = os.path.join(pub, "tree")
+        _stage(src, tree, arch)
+        _bytecode(tree, build_python or os.path.join(tree, "bin", "python3"), log)
+        glibc = _glibc_floor(tree)
+        if tuple(map(int, glibc.split("."))) > tuple(map(int, TARGET_GLIBC.split("."))):
+            raise PythonBuildError(f"the {arch} interpreter needs GLIBC_{glibc}, newer than "
+                                   f"{TARGET_GLIBC} (log: {log})")
+        tarball = os.path.join(pub, TARBALL)
+        _pack(tree, tarball)
+        info = {"version": PYTHON_VERSION, "arch": arch, "sha256": _sha256(tarball),
+                "size": os.path.getsize(tarball), "glibc": glibc}
+        with open(os.path.join(pub, INFO), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+    say(100, "done")
+    result = cached(arch)
+    assert result is not None
+    return result
+
+
+
+
+# -- packing into a pyfile -------------------------------------------------------------------
+
+def parse_arches(text: Optional[str]) -> List[str]:
+    """``--arch x86_64,aarch64`` -> the machines, in :data:`ARCHES` order (None: all)."""
+    if not text:
+        return list(ARCHES)
+    wanted = [a.strip() for a in text.split(",")]
+    for a in wanted:
+        if a not in ARCHES:
+            raise UsageError(f"--arch {text}: {a or '(empty)'} is not one of "
+                             f"{', '.join(ARCHES)}")
+    return [a for a in ARCHES if a in wanted]
+
+
+def for_build(arches: Optional[str], slim: bool, pythons: Optional[str],
+              notes: List[str]) -> List[Carried]:
+    """The interpreters a build packs: one per machine of ``--arch`` (default: every one
+    built) for a file that carries its interpreter; none for ``--slim`` or ``--python``
+    files (they run on a Python found on the target). Without ``--arch``, a machine whose
+    interpreter was never built is left out with a note (none built: a file for the
+    target's Python, as ``--python`` makes); with it, that raises :class:`InputError`."""
+    from .runtime.errors import InputError
+    if slim or pythons:
+        if arches:
+            raise UsageError("--arch chooses the machines of a file that carries its "
+                             "interpreter; it does not go with --slim or --python")
+        return []
+    how = (f"run 'pyfile python build' once (CPython {PYTHON_VERSION} for x86-64 and "
+           f"aarch64, about 15 minutes each on 2 cores)")
+    out, missing = [], []
+    for arch in parse_arches(arches):
+        found = cached(arch)
+        if found is None:
+            if arches:
+                raise InputError(f"no carried {arch} interpreter: {how}, or leave {arch} "
+                                 f"out of --arch")
+            missing.append(arch)
+        else:
+            out.append(found)
+    if missing and out:
+        notes.append(f"no carried interpreter for {', '.join(missing)} (the file runs on "
+                     f"{', '.join(c.arch for c in out)} only): {how}")
+    elif missing:
+        notes.append(f"no carried interpreter, so the file needs Python 3.9+ on the target: "
+                     f"{how} for a file that needs nothing but Linux")
+    return out
+
+
+def stub_table(entries: List[object], carry: List[Carried]) -> List[Tuple[str, int, int, str]]:
+    """(machine, data offset, size, sha256) of each carried interpreter as written."""
+    from .runtime.container.bundle import INTERPRETER_MEMBER
+    where = {e.name: e for e in entries}  # type: ignore[attr-defined]
+    out = []
+    for c in carry:
+        e = where[INTERPRETER_MEMBER.format(machine=c.arch)]
+        out.append((c.arch, e.data_offset, e.size, c.sha256))  # type: ignore[attr-defined]
+    return out
+
+
+__all__ = ["ARCHES", "PYTHON_VERSION", "PYTHON_MINOR", "Carried", "PythonBuildError",
+           "build", "cached", "check_arch", "toolchain", "parse_arches", "for_build",
+           "stub_table"]
