@@ -1,6 +1,7 @@
 """GPU detection and the GPU plan, against simulated /proc, /sys and /dev trees and fake
 probe results (we have no GPU here; the device-machine check runs the real thing)."""
 
+import glob
 import os
 
 import pytest
@@ -76,9 +77,38 @@ def test_driver_without_cuda_and_init_errors(tmp_path):
     assert f.problem == "the NVIDIA driver reports no devices"
 
 
-def test_real_cuda_probe_without_driver_is_an_answer_not_a_crash():
+def _loads(lib):
+    import ctypes
+    try:
+        ctypes.CDLL(lib)
+        return True
+    except OSError:
+        return False
+
+
+def test_real_cuda_probe_is_an_exact_answer_not_a_crash():
+    """The CUDA probe on this machine's real driver (or none), checked against what the
+    machine has: no libcuda -> exactly the loader error; a driver without a usable device ->
+    cuInit's error code; else every GPU with its exact fields, one per /dev/nvidiaN node."""
     answer = hardware.run_cuda_probe()
-    assert "error" in answer or "gpus" in answer
+    if not _loads("libcuda.so.1"):
+        assert set(answer) == {"error"}, answer
+        assert answer["error"].startswith("libcuda.so.1 not found (libcuda.so.1: "), answer
+    elif "code" in answer:
+        assert set(answer) == {"error", "code"}, answer
+        assert isinstance(answer["code"], int) and answer["code"] != 0
+        assert answer["error"] == f"cuInit failed with CUDA error {answer['code']}"
+    else:
+        assert set(answer) == {"gpus", "driver_cuda"}, answer
+        assert isinstance(answer["driver_cuda"], int) and answer["driver_cuda"] >= 1000
+        nodes = glob.glob("/dev/nvidia[0-9]*")
+        assert len(answer["gpus"]) == len(nodes) > 0, (answer, nodes)
+        for g in answer["gpus"]:
+            assert set(g) == {"name", "major", "minor", "memory", "integrated"}, g
+            assert isinstance(g["name"], str) and g["name"]
+            assert isinstance(g["major"], int) and g["major"] >= 3 and g["minor"] >= 0
+            assert isinstance(g["memory"], int) and g["memory"] > 0
+            assert isinstance(g["integrated"], bool)
 
 
 def kfd_node(n, gfx, minor, simd=64, cpu_cores=0):
@@ -289,9 +319,38 @@ def test_vulkan_visible_devices(tmp_path):
     assert not f.gpus and "GGML_VK_VISIBLE_DEVICES" in f.problem
 
 
-def test_real_vulkan_probe_is_an_answer_not_a_crash():
+def test_real_vulkan_probe_is_an_exact_answer_not_a_crash():
+    """The Vulkan probe on this machine's real loader and drivers, checked against what the
+    machine has: no loader -> exactly the loader error; else every device with its exact
+    fields, lavapipe (when its driver is installed) as the one Mesa CPU device, and a
+    hardware device exactly when there are GPU device nodes."""
     answer = hardware.run_vulkan_probe()
-    assert "error" in answer or "devices" in answer
+    if not _loads("libvulkan.so.1"):
+        assert set(answer) == {"error", "detail"} and answer["error"] == "loader", answer
+        return
+    assert set(answer) == {"devices"}, answer
+    devices = answer["devices"]
+    for d in devices:
+        assert set(d) == {"name", "type", "api", "driver", "vendor", "memory", "fp16"}, d
+        assert isinstance(d["name"], str) and d["name"]
+        assert d["type"] in hardware.VK_DEVICE_TYPES, d
+        assert d["api"] >> 22 == 1 and (d["api"] >> 12) & 0x3FF >= 0, d  # Vulkan 1.x
+        assert isinstance(d["driver"], int) and isinstance(d["vendor"], int)
+        assert isinstance(d["memory"], int) and d["memory"] > 0, d
+        assert isinstance(d["fp16"], bool)
+    lavapipe = glob.glob("/usr/share/vulkan/icd.d/lvp_icd.*.json")
+    software = [d for d in devices if d["type"] == 4]
+    if lavapipe:
+        assert len(software) == 1 and software[0]["name"].startswith("llvmpipe"), devices
+        assert software[0]["vendor"] == 0x10005  # VK_VENDOR_ID_MESA
+    gpu_nodes = [p for pattern in hardware.GPU_NODES for p in glob.glob("/" + pattern)]
+    hardware_devices = [d for d in devices if d["type"] in (1, 2)]
+    if not gpu_nodes:  # no GPU here: nothing may claim to be one
+        assert hardware_devices == [], devices
+    nvidia_icd = [p for d in ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d")
+                  for p in glob.glob(d + "/nvidia_icd*.json")]
+    if glob.glob("/dev/nvidia[0-9]*") and nvidia_icd:  # an NVIDIA GPU with its Vulkan driver
+        assert any(d["vendor"] == 0x10DE for d in hardware_devices), devices
 
 
 def test_plan_vulkan_without_variant_and_without_loader_libs(tmp_path):
