@@ -12,7 +12,13 @@ def _pyfile_boot():
     import zipfile
     path = sys.argv[1]
     try:
-        zf = zipfile.ZipFile(path)
+        with open(path, "rb") as f:
+            try:  # wait for an in-place edit (args --set, add) to finish its zip directory
+                import fcntl
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            except (ImportError, OSError):
+                pass
+            zf = zipfile.ZipFile(path)
         if "pyfile/runtime/main.py" not in zf.NameToInfo:
             # A cut file whose last end record is the one inside the runtime bundle.
             raise ValueError("no pyfile runtime in its zip directory")

@@ -252,6 +252,28 @@ def test_a_run_waits_for_an_edit_in_progress(tmp_path, slim):
     assert seen["args"] == ""
 
 
+def test_a_run_started_during_an_edit_waits_for_it(tmp_path, slim):
+    """A run that starts while an edit holds the file, with 128 KiB of the edit already
+    appended (the old end record is then out of a zip reader's reach), waits for the edit
+    instead of failing as a damaged file, then runs: the stub's bootstrap takes the shared
+    lock before it reads the zip directory."""
+    size = slim.stat().st_size
+    with open(slim, "r+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # what the editor holds for a whole edit
+        f.seek(0, os.SEEK_END)
+        f.write(b"\0" * (128 << 10))  # new members written, no new directory yet
+        f.flush()
+        p = subprocess.Popen(["sh", str(slim), "--help"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=run_env())
+        time.sleep(1.5)
+        assert p.poll() is None, f"the run did not wait for the edit: {p.communicate()}"
+        f.truncate(size)  # the edit fails and truncates back, as the editor does
+        fcntl.flock(f, fcntl.LOCK_UN)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "usage:" in out
+
+
 def test_fill_lock_and_work_folder_names_agree():
     """prune finds the lock of a work folder by its name: the two helpers agree."""
     target = "/c/native/0123abcd"
