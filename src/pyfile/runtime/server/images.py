@@ -20,7 +20,6 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import InputError
 

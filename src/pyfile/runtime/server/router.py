@@ -19,10 +19,11 @@ slow load does not hold up requests to models already loaded.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import APIError
 
@@ -220,5 +221,228 @@ class Router:
                     "embedding" if entry.embedding else "text"]}}
 
 
+# -- the server's side: one ServerState per loaded model, chosen per request ----------------
+
+#: The ServerState of the model the current request was routed to.
+CURRENT: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pyfile_model", default=None)
+#: Paths whose requests are embeddings (routed to the file's embedding model by default).
+EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings", "/embedding", "/embd")
+#: Paths answered by the router itself (listing and loading; never load a model).
+ROUTER_PATHS = ("/models", "/v1/models", "/models/load", "/models/unload")
+
+
+class StateProxy:
+    """Stands for "the ServerState of the model this request was routed to" wherever the
+    routes hold their state: every attribute is looked up at use, in :data:`CURRENT`
+    (else the default model's state). ``runner`` is a late-bound proxy too, since routes
+    keep it from when they were made."""
+
+    def __init__(self, fallback: Callable[[], Any], opts: Any) -> None:
+        self._fallback = fallback
+        self.opts = opts  # the server's options (the same for every model's routes)
+
+    def _current(self) -> Any:
+        return CURRENT.get() or self._fallback()
+
+    @property
+    def runner(self) -> Any:
+        return _Late(lambda: self._current().runner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
+class _Late:
+    def __init__(self, get: Callable[[], Any]) -> None:
+        self._get = get
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+class ModelRouting:
+    """ASGI middleware, innermost (after the Host/Origin guard, the API key and the body
+    limit): reads the request's ``model`` (JSON body field, or ``?model=``), has the router
+    load that model if needed, and runs the route with its state in :data:`CURRENT`; the
+    model counts a request in flight until the response has been sent. The router's own
+    routes (:data:`ROUTER_PATHS`) are answered here."""
+
+    def __init__(self, app: Any, router: "Router", started: float) -> None:
+        self.app, self.router, self.started = app, router, started
+
+    async def __call__(self, scope: Dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import asyncio
+        import json
+        from urllib.parse import parse_qs
+        path = scope.get("path", "")
+        body = b""
+        if scope.get("method") == "POST":
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        name: Optional[str] = None
+        try:
+            data = json.loads(body) if body else None
+            if isinstance(data, dict) and isinstance(data.get("model"), str):
+                name = data["model"]
+        except ValueError:
+            pass  # the route says what is wrong with the body
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name = name or (query.get("model") or [None])[0]
+        loop = asyncio.get_running_loop()
+        try:
+            if path in ROUTER_PATHS:
+                return await self._own(path, name, scope, send, loop)
+            if path in ("/", "/health", "/v1/health"):
+                return await self.app(scope, replay, send)
+            entry = self.router.resolve(name, embeddings=path in EMBEDDING_PATHS)
+            state = await loop.run_in_executor(None, self.router.acquire, entry)
+        except APIError as e:
+            return await self._reply(scope, send, e.status, e.body(_flavor(path)))
+        except Exception as e:  # a model that fails to load: a 503 naming it
+            err = APIError(503, f"the model could not be loaded: {e}", "unavailable_error",
+                           "model_load_failed")
+            return await self._reply(scope, send, 503, err.body(_flavor(path)))
+        token = CURRENT.set(state)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            CURRENT.reset(token)
+            self.router.release(entry)
+
+    async def _own(self, path: str, name: Optional[str], scope: Dict, send: Callable,
+                   loop: Any) -> None:
+        r = self.router
+        if path in ("/models", "/v1/models"):
+            data = [{**r.describe(e), "object": "model", "created": int(self.started),
+                     "owned_by": "pyfile"} for e in r.entries]
+            return await self._reply(scope, send, 200, {"object": "list", "data": data})
+        if not name:
+            raise APIError(400, "model name is missing from the request", param="model")
+        entry = r.resolve(name)
+        if path == "/models/load":
+            await loop.run_in_executor(None, r.load, entry)
+        elif not r.unload(entry):
+            raise APIError(409, f"the model '{entry.id}' has a request in flight",
+                           code="model_busy")
+        return await self._reply(scope, send, 200, {"success": True})
+
+    @staticmethod
+    async def _reply(scope: Dict, send: Callable, status: int, body: Dict) -> None:
+        from .http import json_response_bytes
+        start, data = json_response_bytes(status, body)
+        await send(start)
+        await send(data)
+
+
+def _flavor(path: str) -> str:
+    from .http import flavor_of
+    return flavor_of(path)
+
+
+def entries_of(manifest: Any, alias: Optional[str] = None) -> List[ModelEntry]:
+    """The models of a file, the default first: ids from member names (``--alias``
+    renames the default model), which are embedding models, which can see."""
+    names = manifest.names("model")
+    default = manifest.default_model
+    if default in names:
+        names = [default] + [n for n in names if n != default]
+    out = []
+    for name in names:
+        summary = manifest.models.get(name) or {}
+        pooling = summary.get("pooling_type")
+        out.append(ModelEntry(
+            id=alias if alias and name == default else model_id(name), member=name,
+            summary=summary, embedding=isinstance(pooling, int) and pooling > 0,
+            vision=manifest.mmproj(name) is not None))
+    return out
+
+
+def serve_models(path: str, manifest: Any, opts: Any) -> Tuple["Router", Any]:
+    """A :class:`Router` over the file's models whose instances are (LoadedModel,
+    ServerState) pairs, and the :class:`StateProxy` the routes are built over."""
+    import os
+    from ..backend.engine import ModelSource
+    from .app import LoadedModel
+    from .media import attach
+    from .state import ServerState
+
+    def load(entry: ModelEntry) -> Any:
+        record = manifest.entry(entry.member) or {}
+        source = ModelSource(os.path.abspath(path), int(record["offset"]),
+                             int(record["size"]), entry.member)
+        loaded = LoadedModel(source, opts, manifest, path)
+        state = ServerState(loaded.llm, loaded.engine, entry.id,
+                            f"{source.path}#{source.name}", opts,
+                            loaded.loader.selection.line(), guard=loaded.loader.guard(),
+                            embedder=loaded.embedder)
+        attach(state, loaded.engine, loaded.model, source, opts, manifest, path)
+        state.pyfile_loaded = loaded
+        loaded.engine.start()
+        return state
+
+    def unload(state: Any) -> None:
+        loaded = state.pyfile_loaded
+        loaded.engine.stop()
+        proj = getattr(state, "projector", None)
+        if proj is not None:
+            proj.close()
+        emb = getattr(loaded, "_embedder", None)
+        if emb is not None:
+            emb.close()
+        loaded.L.llama_free(loaded.ctx)
+        loaded.llm.close()
+
+    router = Router(entries_of(manifest, getattr(opts, "alias", None)), load, unload,
+                    getattr(opts, "models_max", 4), getattr(opts, "sleep_idle_seconds", None))
+
+    def fallback() -> Any:
+        for e in router.entries:  # a loaded one, the default first; else load the default
+            if e.status == LOADED:
+                return e.instance
+        router.load(router.default)
+        return router.default.instance
+
+    return router, StateProxy(fallback, opts)
+
+
+def several_models(manifest: Any, archive_path: Optional[str], opts: Any) -> bool:
+    """Whether a server serves every model of the file: it holds more than one and ``-m``
+    did not pick one."""
+    return (manifest is not None and archive_path is not None
+            and len(manifest.names("model")) > 1 and not getattr(opts, "model", None))
+
+
+def route_requests(app: Any, router: "Router") -> None:
+    """Put :class:`ModelRouting` innermost in ``app`` (after the guards, the key and the body
+    limit) and start the idle sweeper when ``--sleep-idle-seconds`` asks for one."""
+    from starlette.middleware import Middleware
+    app.user_middleware.append(Middleware(ModelRouting, router=router, started=time.time()))
+    if router.sleep_idle is not None:
+        def sweep() -> None:
+            while True:
+                time.sleep(min(1.0, max(0.05, router.sleep_idle / 4)))
+                router.sweep()
+        threading.Thread(target=sweep, name="pyfile-idle-models", daemon=True).start()
+
+
 __all__ = ["Router", "ModelEntry", "model_id", "UNLOADED", "LOADING", "LOADED", "SLEEPING",
-           "FAILED"]
+           "FAILED", "CURRENT", "StateProxy", "ModelRouting", "entries_of", "serve_models", "several_models",
+           "route_requests"]
