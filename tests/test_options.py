@@ -76,10 +76,11 @@ def test_flags_without_effect_warn_in_one_line_each():
     ns = options.parse(["--lora", "a.gguf", "--slot-save-path", "/tmp", "--reasoning-format",
                         "deepseek", "-to", "30", "--sleep-idle-seconds", "60", "--no-jinja"])
     lines = options.warnings(ns)
-    assert len(lines) == 6 and all("\n" not in x and x.endswith("ignored") for x in lines)
+    assert len(lines) == 5 and all("\n" not in x and x.endswith("ignored") for x in lines)
     assert [x.split(":")[0] for x in lines] == ["--lora", "--slot-save-path",
                                                  "--reasoning-format", "--timeout",
-                                                 "--sleep-idle-seconds", "--no-jinja"]
+                                                 "--no-jinja"]
+    assert ns.sleep_idle_seconds == 60  # a real flag: the router unloads idle models
 
 
 def test_api_keys_from_the_flag_and_a_file(tmp_path):

@@ -115,6 +115,9 @@ def run(path: str, argv: List[str]) -> int:
         return serve(source, opts, manifest, path, open_browser=True)
     from .backend.loader import load
     llm = load(source, opts, manifest=manifest, archive_path=path)
+    if not opts.no_mmproj:  # loaded on the first image (--image, /image)
+        from .modes.media import SOURCE_ATTR, projector_source
+        setattr(llm, SOURCE_ATTR, projector_source(path, manifest, source.name, opts.mmproj))
     if mode == "chat":
         from .modes.chat import chat
         return chat(llm, opts)
@@ -148,6 +151,8 @@ def resolve_model(arch: Archive, name: Optional[str]) -> ModelSource:
         name = arch.default_model
         if name is None:
             raise InputError(f"{arch.path}: this pyfile holds no model; pass -m FILE.gguf")
+    if name not in arch.members and name + ".gguf" in arch.manifest.names("model"):
+        name += ".gguf"  # a model's id, as the server lists it
     if name in arch.members:
         return _member_source(arch, name)
     if os.path.isfile(name):

@@ -19,7 +19,7 @@ KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0"
 #: each given one prints one warning line saying why (:func:`warnings`).
 IGNORED_SERVER_FLAGS = {"--lora": "FILE", "--lora-scaled": "FILE:SCALE",
                         "--slot-save-path": "PATH", "--reasoning-format": "FORMAT",
-                        "-to|--timeout": "SECONDS", "--sleep-idle-seconds": "SECONDS"}
+                        "-to|--timeout": "SECONDS"}
 _IGNORED_WHY = {
     "lora": "LoRA adapters are not supported; the model runs without it",
     "lora_scaled": "LoRA adapters are not supported; the model runs without it",
@@ -27,7 +27,6 @@ _IGNORED_WHY = {
     "reasoning_format": "reasoning is not extracted; thoughts stay in the message content",
     "timeout": "the server has no read/write timeout; a request runs until it ends or its "
                "client hangs up",
-    "sleep_idle_seconds": "the model stays loaded while the server runs",
 }
 
 
@@ -193,6 +192,24 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
                        help=argparse.SUPPRESS)
     g.add_argument("--max-body", type=_positive_int, default=8 << 20, metavar="BYTES",
                    help=argparse.SUPPRESS)
+
+    g = p.add_argument_group("images and several models")
+    g.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="a picture for the prompt (-p, --chat -p; repeatable); needs a "
+                        "model with a projector (pyfile build --mmproj)")
+    g.add_argument("-mm", "--mmproj", default=None, metavar="FILE",
+                   help="a projector (mmproj GGUF) on disk instead of the file's own")
+    g.add_argument("--no-mmproj", action="store_true",
+                   help="do not load the model's projector (the model takes no images)")
+    g.add_argument("--allow-image-urls", action="store_true",
+                   help="let the server fetch http(s) image URLs (10 s, 20 MiB each); "
+                        "without it only data: URLs and base64 are taken")
+    g.add_argument("--models-max", type=_positive_int, default=4, metavar="N",
+                   help="a file with several models: at most N loaded at once (0 = no "
+                        "limit); the least recently used idle one is unloaded")
+    g.add_argument("--sleep-idle-seconds", type=float, default=None, metavar="SECONDS",
+                   help="a file with several models: unload a model idle this long (its next "
+                        "request loads it again; -1 = never)")
     return p
 
 

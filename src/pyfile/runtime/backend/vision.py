@@ -52,6 +52,26 @@ def _mtmd() -> Any:
     return mtmd_cpp
 
 
+_log_callback: Any = None  # kept alive: libmtmd holds a raw pointer to it
+
+
+def _route_logs(m: Any, verbose: bool) -> None:
+    """libmtmd's log (it echoes every prompt piece) on stderr only with ``-v``, as
+    llama.cpp's (:mod:`.logs`)."""
+    global _log_callback
+    import sys
+    from llama_cpp import llama_cpp as L
+
+    def log(level: int, text: bytes, user_data: Any) -> None:
+        if verbose:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
+    _log_callback = L.llama_log_callback(log)
+    m.mtmd_log_set(_log_callback, None)
+    m.mtmd_helper_log_set(_log_callback, None)
+
+
 def projector_path(source: ModelSource) -> Tuple[str, int]:
     """A path libmtmd can open for ``source``: the file itself when it stands alone, else
     a memfd holding a copy of the member (path, fd to close after loading or -1)."""
@@ -63,16 +83,15 @@ def projector_path(source: ModelSource) -> Tuple[str, int]:
             os.ftruncate(fd, source.size)
             done = 0
             while done < source.size:
-                n = os.copy_file_range(src.fileno(), fd, source.size - done,
-                                       source.offset + done, done) \
-                    if hasattr(os, "copy_file_range") else 0
-                if n <= 0:  # no kernel copy here: through Python
+                want = min(64 << 20, source.size - done)
+                try:  # the kernel copies (sendfile works between any two filesystems)
+                    n = os.sendfile(fd, src.fileno(), source.offset + done, want)
+                except OSError:
                     src.seek(source.offset + done)
-                    chunk = src.read(min(1 << 20, source.size - done))
-                    if not chunk:
-                        raise EngineError(f"{source.path}: the projector {source.name} is "
-                                          f"truncated")
-                    n = os.pwrite(fd, chunk, done)
+                    n = os.write(fd, src.read(min(1 << 20, want)))
+                if n <= 0:
+                    raise EngineError(f"{source.path}: the projector {source.name} is "
+                                      f"truncated")
                 done += n
     except BaseException:
         os.close(fd)
@@ -194,6 +213,7 @@ class Projector:
         if not ctx:
             raise EngineError(f"{source.name}: libmtmd could not load the projector for this "
                               f"model; run with -v for llama.cpp's log")
+        _route_logs(m, verbose)  # after loading: libmtmd takes llama.cpp's logger then
         self.ctx = ctx
         self.vision = bool(m.mtmd_support_vision(ctx))
         self.lock = threading.Lock()

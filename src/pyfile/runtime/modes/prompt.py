@@ -54,6 +54,8 @@ def complete(llm: Any, opts: Any) -> int:
         out.flush()
     if opts.n_predict == 0:
         return 0
+    if getattr(opts, "image", None):
+        return _complete_with_images(llm, opts, prompt, out)
     n_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
     if n_tokens >= llm.n_ctx():
         raise UsageError(f"the prompt is {n_tokens} tokens, the context holds {llm.n_ctx()}; "
@@ -67,6 +69,27 @@ def complete(llm: Any, opts: Any) -> int:
             out.write(text)
             out.flush()
             ended_with_newline = text.endswith("\n")
+    if out.isatty() and not ended_with_newline:
+        out.write("\n")
+    return 0
+
+
+def _complete_with_images(llm: Any, opts: Any, prompt: str, out: Any) -> int:
+    """``--image FILE -p TEXT``: one user message (the text, then the images) through the
+    chat template, as llama.cpp's mtmd-cli does."""
+    from ..server.images import from_file
+    from .media import stream_answer, user_content
+    pictures = [from_file(p) for p in opts.image]  # every image checked before the model
+    messages = []
+    if opts.system:
+        messages.append({"role": "system", "content": opts.system})
+    messages.append({"role": "user", "content": user_content(prompt, len(pictures))})
+    ended_with_newline = True
+    for text in stream_answer(llm, opts, messages, pictures,
+                              opts.n_predict if opts.n_predict > 0 else None, sampling(opts)):
+        out.write(text)
+        out.flush()
+        ended_with_newline = text.endswith("\n")
     if out.isatty() and not ended_with_newline:
         out.write("\n")
     return 0
