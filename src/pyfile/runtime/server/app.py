@@ -201,15 +201,27 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     """Load the model, start the scheduler and serve until SIGINT/SIGTERM; returns 0.
     Raises :class:`EngineError` (exit 1) when the scheduler failed for good."""
     sock = bind(opts.host, opts.port)  # fail on a busy port before loading the model
-    loaded = LoadedModel(source, opts, manifest, archive_path)
-    model_id = opts.alias or (source.name[:-5] if source.name.endswith(".gguf")
-                              else source.name)
-    state = ServerState(loaded.llm, loaded.engine, model_id,
-                        f"{source.path}" + (f"#{source.name}" if source.embedded else ""),
-                        opts, loaded.loader.selection.line(), guard=loaded.loader.guard(),
-                        embedder=loaded.embedder)
+    from .router import route_requests, serve_models, several_models
+    router = None
+    if several_models(manifest, archive_path, opts):  # one server for every model it holds
+        router, state = serve_models(archive_path, manifest, opts)
+        router.load(router.default)  # the default one now: its errors and backend line
+        loaded = router.default.instance.pyfile_loaded
+    else:
+        loaded = LoadedModel(source, opts, manifest, archive_path)
+        model_id = opts.alias or (source.name[:-5] if source.name.endswith(".gguf")
+                                  else source.name)
+        state = ServerState(loaded.llm, loaded.engine, model_id,
+                            f"{source.path}" + (f"#{source.name}" if source.embedded else ""),
+                            opts, loaded.loader.selection.line(),
+                            guard=loaded.loader.guard(), embedder=loaded.embedder)
+        from .media import attach
+        attach(state, loaded.engine, loaded.model, source, opts, manifest, archive_path)
     app = create_app(state)
-    loaded.engine.start()
+    if router is not None:
+        route_requests(app, router)
+    else:
+        loaded.engine.start()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
@@ -244,7 +256,10 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     try:
         server.run(sockets=[sock])
     finally:
-        loaded.engine.stop()
+        if router is not None:
+            router.close()
+        else:
+            loaded.engine.stop()
     if failure:
         raise EngineError(f"the server stopped: the generation scheduler failed "
                           f"{MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f} s "

@@ -43,6 +43,7 @@ class Prepared:
     text: str
     params: SamplingParams
     chain: SamplerChain
+    media: Any = None  # the prompt's images (backend.vision.Pieces), or None
 
 
 class Runner:
@@ -63,6 +64,8 @@ class Runner:
         """Render, tokenize, check the prompt against the slot's context, resolve the
         sampling parameters and compile the sampler chain (any thread)."""
         st = self.state
+        from .media import take_images, tokenize
+        task, pictures = take_images(task, getattr(st.opts, "allow_image_urls", False))
         extra_stop: List[str] = []
         if task.messages is not None:
             messages = [text_message(m) for m in task.messages]
@@ -77,6 +80,9 @@ class Runner:
             tokens = st.prompt_tokens(prompt, task.add_special)
             text = prompt if isinstance(prompt, str) else \
                 st.llm.detokenize(tokens).decode("utf-8", "replace")
+        media = None
+        if pictures:  # through the model's projector: text tokens and image positions
+            tokens, media = tokenize(st, text, tokens, pictures, task.param)
         st.check_prompt(tokens, task.param)
         params = self.sampling(task, extra_stop)
         try:
@@ -84,7 +90,7 @@ class Runner:
                                  st.engine.eog)
         except ValueError as e:
             raise APIError(400, str(e), param="grammar", code="invalid_grammar") from None
-        return Prepared(tokens, text, params, chain)
+        return Prepared(tokens, text, params, chain, media)
 
     def sampling(self, task: Task, extra_stop: List[str]) -> SamplingParams:
         """The task's :class:`SamplingParams`: knobs, length, stops, grammar, bias."""
@@ -125,7 +131,8 @@ class Run:
         self.params = prepared.params
         self.loop = asyncio.get_running_loop()
         self.queue: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
-        self.req = Request(prepared.tokens, prepared.params, self._sink, prepared.chain)
+        self.req = Request(prepared.tokens, prepared.params, self._sink, prepared.chain,
+                           prepared.media)
         self.finished = False
         self._peeked: Optional[Dict[str, Any]] = None
         self.engine.submit(self.req)

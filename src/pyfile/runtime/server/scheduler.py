@@ -54,7 +54,7 @@ class Request:
     """
 
     def __init__(self, prompt: List[int], params: SamplingParams, sink: Sink,
-                 chain: Optional[SamplerChain] = None) -> None:
+                 chain: Optional[SamplerChain] = None, media: Any = None) -> None:
         """``chain``: the sampler chain, compiled beforehand (off the scheduler thread); the
         scheduler owns it from now on and frees it when the request leaves."""
         self.id = next(_ids)
@@ -62,6 +62,7 @@ class Request:
         self.params = params
         self.sink = sink
         self.chain = chain
+        self.media = media  # the prompt's images (backend.vision.Pieces), or None
         self.cancelled = False
         self.t_queued = time.perf_counter()
 
@@ -329,6 +330,8 @@ class Engine:
                           "message": str(e)})
                 return
         keep = min(_common_prefix(s.cache, req.prompt), len(req.prompt) - 1)
+        if req.media is not None:  # an image is reused whole or read again from its start
+            keep = req.media.boundary(req.prompt, keep)
         if keep < len(s.cache):
             if not self.L.llama_memory_seq_rm(self.mem, s.id, keep, -1):
                 self.L.llama_memory_seq_rm(self.mem, s.id, -1, -1)
@@ -342,6 +345,8 @@ class Engine:
         s.t_start = time.perf_counter()
 
     def _release(self, s: Slot) -> None:
+        if s.req is not None and s.req.media is not None:
+            s.req.media.close()
         if s.chain is not None:
             s.chain.close()
             s.chain = None
@@ -377,9 +382,13 @@ class Engine:
                 n += 1
                 fed.append((s, [s.next_token]))
         for s in active:
+            if s.pending and s.req.media is not None and not self._images(s):
+                continue
             if not s.pending or n >= self.n_batch:
                 continue
             take = s.pending[:self.n_batch - n]
+            if s.req.media is not None:  # the text up to the next image
+                take = s.req.media.text_run(take)
             pos = len(s.cache)
             last = len(take) == len(s.pending)
             for j, tok in enumerate(take):
@@ -422,6 +431,22 @@ class Engine:
             if s.next_token is None:
                 s.t_prompt_done = now
             self._sample(s, now)
+
+    def _images(self, s: Slot) -> bool:
+        """Encode the images at the head of ``s``'s prompt into its sequence (libmtmd, on
+        its own batch: an image is decoded whole); False when one failed (the request
+        ends with a 400)."""
+        while s.pending and not isinstance(s.pending[0], int):
+            piece = s.req.media.piece_at(s.pending[0])
+            try:
+                self.projector.eval_image(piece, self.ctx, len(s.cache), s.id, self.n_batch)
+            except Exception as e:
+                self.L.llama_memory_seq_rm(self.mem, s.id, len(s.cache), -1)
+                self._fail(s, str(e), 400, "invalid_image")
+                return False
+            s.cache.extend(piece.cells)
+            del s.pending[:len(piece.cells)]
+        return True
 
     def _put(self, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch

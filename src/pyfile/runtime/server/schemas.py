@@ -132,6 +132,14 @@ def check_text_parts(parts: Any) -> Any:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise FieldError(i, "must be a content part, an object with a type")
         kind = part["type"]
+        if kind in ("image_url", "input_image"):  # read by server/media.py
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            if not isinstance(url, str):
+                raise FieldError(f"{i}.image_url", "must be a URL string or {'url': ...} "
+                                                   "(a data: URL or base64)")
+            continue
         if kind not in TEXT_PARTS:
             raise FieldError(f"{i}.type", f"content parts of type {kind!r} are not supported "
                                           f"by this model (text only)")
@@ -385,6 +393,9 @@ def _check_blocks(blocks: Any, where: str, nested: bool = False) -> None:
             _need(b, "signature", str, "a string", at, optional=True)
         elif kind == "redacted_thinking" and not nested:
             _need(b, "data", str, "a string", at, optional=True)
+        elif kind == "image":  # read by server/media.py
+            _need(b, "source", dict, "an object: {'type': 'base64', 'media_type', 'data'} "
+                                     "or {'type': 'url', 'url'}", at)
         else:
             raise FieldError(f"{at}.type", f"content blocks of type {kind!r} are not "
                                            f"supported by this model")

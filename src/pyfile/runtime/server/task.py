@@ -56,6 +56,8 @@ class Task:
     json_schema: Optional[Dict[str, Any]] = None
     response_format: Optional[Dict[str, Any]] = None
     n_probs: int = 0                    # top alternatives reported per token (0: none)
+    images: List[Tuple[str, str]] = field(default_factory=list)  # image inputs: (source, body
+                                        # field), one per image marker of the prompt, in order
     param: str = "prompt"               # the body field that holds the prompt, for errors
 
 

@@ -9,6 +9,8 @@ Messages are turned into the chat messages the model's template knows (text bloc
 
 from __future__ import annotations
 
+import contextvars
+
 import json
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
@@ -23,6 +25,9 @@ from ..state import ServerState
 from ..task import Result, Task, knobs
 
 _STOP = {"length": "max_tokens"}
+#: The image blocks' sources of the request being turned into a task (see :func:`task_of`).
+_IMAGES: "contextvars.ContextVar[Optional[List[Tuple[str, str]]]]" = contextvars.ContextVar(
+    "anthropic_images", default=None)
 
 
 def _text(content: Any, where: str) -> str:
@@ -35,6 +40,10 @@ def _text(content: Any, where: str) -> str:
             parts.append(str(block.get("text", "")))
         elif kind == "tool_result":
             parts.append(_text(block.get("content", ""), where))
+        elif kind == "image" and _IMAGES.get() is not None:  # its place; the source: task_of
+            from ..media import anthropic_image, marker
+            _IMAGES.get().append(anthropic_image(block, where))
+            parts.append(marker())
         else:
             raise APIError(400, f"{where}: content blocks of type {kind!r} are not supported "
                                 f"by this model", param=where)
@@ -104,7 +113,13 @@ def task_of(req: Any) -> Task:
     tools, forced = _tools(req)
     fmt = (getattr(req, "output_config", None) or {}).get("format") or {}
     schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
-    return Task(messages=chat_messages(req), tools=tools, forced_tool=forced,
+    images: List[Tuple[str, str]] = []
+    reset = _IMAGES.set(images)
+    try:
+        messages = chat_messages(req)
+    finally:
+        _IMAGES.reset(reset)
+    return Task(messages=messages, images=images, tools=tools, forced_tool=forced,
                 param="messages", sampling=knobs(req, min_p=0.0),
                 max_tokens=getattr(req, "max_tokens", None),
                 stop=list(getattr(req, "stop_sequences", None) or []),

@@ -45,6 +45,9 @@ def native_task(req: NativeCompletionRequest, **what: Any) -> Task:
     """The task of a native completion; ``what``: the prompt (``prompt`` or ``tokens``)."""
     max_tokens = req.n_predict if req.n_predict != -1 else (
         req.max_tokens if req.max_tokens is not None else -1)
+    if "prompt" in what:  # {"prompt_string", "multimodal_data"}: the images go with the task
+        from ..media import completion_prompt
+        what["prompt"], what["images"] = completion_prompt(what["prompt"])
     return Task(sampling=knobs(req), max_tokens=max_tokens, stop=_stops(req.stop),
                 logit_bias=req.logit_bias, grammar=req.grammar, json_schema=req.json_schema,
                 n_probs=req.n_probs, **what)
@@ -108,7 +111,8 @@ def router(state: ServerState) -> APIRouter:
                                                            "top_k": opts.top_k,
                                                            "top_p": opts.top_p,
                                                            "min_p": opts.min_p}},
-                "modalities": {"vision": False, "audio": False},
+                "modalities": {"vision": getattr(state, "projector", None) is not None,
+                               "audio": False},
                 "backend": state.backend_line, "build_info": f"pyfile {__version__}",
                 "pyfile": __version__}
 
