@@ -174,18 +174,32 @@ def test_prompt_longer_than_context(smol_pyfile, cache_env):
 
 
 def test_gpu_request_without_gpu_fails_cleanly(smol_pyfile, cache_env):
-    r = run_file(smol_pyfile, "--gpu", "nvidia", *PARIS, env=cache_env)
-    assert r.returncode == 1
-    assert "--gpu nvidia: no NVIDIA GPU found" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    """``--gpu nvidia`` with no usable NVIDIA GPU: exit 1 and one line saying why. Where this
+    machine has one, CUDA_VISIBLE_DEVICES="" hides it (decided from the hardware found)."""
+    from pyfile.runtime.backend import hardware
+    env = dict(cache_env)
+    if hardware.find_nvidia(env=env).present:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    why = hardware.find_nvidia(env=env).problem
+    assert why == ("CUDA_VISIBLE_DEVICES hides every NVIDIA GPU" if "CUDA_VISIBLE_DEVICES"
+                   in env else "no NVIDIA GPU found")
+    r = run_file(smol_pyfile, "--gpu", "nvidia", *PARIS, env=env)
+    assert (r.returncode, r.stderr, r.stdout) == (1, f"pyfile: --gpu nvidia: {why}\n", "")
 
 
 def test_broken_pipe_is_quiet(smol_pyfile, cache_env):
-    p = subprocess.Popen(f"'{smol_pyfile}' -p 'Once upon a time' -n 300 | head -c 5",
-                         shell=True, env=cache_env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    out, err = p.communicate(timeout=300)
-    assert len(out) == 5 and b"Traceback" not in err
+    """The reader goes away after 5 bytes (as ``| head -c 5`` does): pyfile stops with exit
+    status 1 (README: 1 for anything but usage errors) and its stderr holds only the backend
+    line: no traceback, no "Exception ignored ... BrokenPipeError" at exit."""
+    p = subprocess.Popen([str(smol_pyfile), "-p", "Once upon a time", "-n", "300"],
+                         env=cache_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    assert len(p.stdout.read(5)) == 5
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyfile: backend "), err
 
 
 def test_sigterm_exits(smol_pyfile, cache_env):

@@ -250,9 +250,14 @@ def test_api_key_and_loopback(smol_pyfile, tmp_path):
         assert s.request("health")[0] == 200
         r = client(s, api_key="sekret").models.list()
         assert r.data
-        lines = open(f"/proc/{s.proc.pid}/net/tcp").read()  # bound to 127.0.0.1 only
         port = int(s.url.rsplit(":", 1)[1].strip("/"))
-        assert f"0100007F:{port:04X}" in lines
+        # The listening socket (state 0A: TCP_LISTEN) is on 127.0.0.1 only: the rows the
+        # requests above left (connections, TIME_WAIT) say nothing about what it listens on.
+        listening = [row[1] for name in ("tcp", "tcp6")
+                     for row in (ln.split() for ln in
+                                 open(f"/proc/{s.proc.pid}/net/{name}").read().splitlines()[1:])
+                     if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port]
+        assert listening == [f"0100007F:{port:04X}"], listening
     finally:
         assert s.stop() == 0
 
