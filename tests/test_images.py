@@ -89,3 +89,15 @@ def test_a_remote_url_is_fetched_only_when_allowed_and_within_limits(tmp_path):
 def test_a_file_that_is_missing_is_one_line(tmp_path):
     with pytest.raises(ImageError, match="cannot read"):
         images.from_file(str(tmp_path / "nope.png"))
+
+
+def test_every_allowed_format_decodes():
+    """Each format of the allow-list, written by Pillow and read back (a plugin missing from
+    the runtime would make its format unreadable)."""
+    import io
+    from PIL import Image
+    for fmt in images.ALLOWED_FORMATS:
+        out = io.BytesIO()
+        Image.new("RGB", (4, 3), (0, 0, 255)).save(out, fmt)
+        pic = images.decode(out.getvalue(), fmt)
+        assert (pic.width, pic.height, pic.format) == (4, 3, fmt)

@@ -29,7 +29,8 @@ from .runtime.errors import InputError, UsageError
 #: Every CPython the package index has wheels of numpy and pydantic-core for.
 SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 #: What a pyfile imports at run time besides the engine (their dependencies come along).
-DEPENDENCIES = ("numpy", "jinja2", "diskcache", "typing-extensions", "fastapi", "uvicorn")
+DEPENDENCIES = ("numpy", "jinja2", "diskcache", "typing-extensions", "fastapi", "uvicorn",
+                "pillow")
 #: The pure-Python stack is pinned to releases that still support 3.9, so every target runs
 #: the same server code and the versions share one copy of each file. (Left to itself, pip
 #: picks FastAPI 0.128 / Starlette 0.49 for 3.9 and FastAPI 0.165 / Starlette 1.x for 3.14.)
@@ -37,7 +38,10 @@ PINS = ("annotated-doc==0.0.5", "annotated-types==0.7.0", "anyio==4.12.1", "clic
         "diskcache==5.6.3", "exceptiongroup==1.3.2", "fastapi==0.128.8", "h11==0.16.0",
         "idna==3.20", "jinja2==3.1.6", "markupsafe==3.0.4", "pydantic==2.13.5",
         "pydantic-core==2.46.5", "starlette==0.49.3", "typing-extensions==4.16.0",
-        "typing-inspection==0.4.2", "uvicorn==0.39.0")
+        "typing-inspection==0.4.2", "uvicorn==0.39.0",
+        # Images are decoded by Pillow (a pixel cap and a format allow-list) before the
+        # engine sees them; 11.3 is the last release with wheels for 3.9 through 3.14.
+        "pillow==11.3.0")
 #: numpy is compiled per CPython; one release for 3.10-3.13 lets those four share its
 #: Python files and its OpenBLAS (64.7 instead of 74.3 MB of numpy in the file).
 NUMPY = {"3.9": "2.0.2", "3.10": "2.2.6", "3.11": "2.2.6", "3.12": "2.2.6", "3.13": "2.2.6",
