@@ -164,7 +164,7 @@ def test_disconnecting_stream_frees_its_slot(server):
     host, port = server.url.split("//")[1].strip("/").split(":")
     for _ in range(6):  # more than --parallel 4: leaked slots would block the last ones
         s = socket.create_connection((host, int(port)), timeout=60)
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                   b"application/json\r\nContent-Length: " + str(len(body)).encode() +
                   b"\r\n\r\n" + body)
         got = b""
@@ -192,7 +192,7 @@ def test_a_client_hanging_up_before_a_whole_answer_frees_its_slot(server):
     socks = []
     for _ in range(4):  # every slot
         s = socket.create_connection((host, int(port)), timeout=60)
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                   b"application/json\r\nContent-Length: " + str(len(body)).encode() +
                   b"\r\n\r\n" + body)
         socks.append(s)

@@ -81,7 +81,7 @@ def test_cancel_mid_stream_frees_the_slot_at_once(srv):
                        "stream": True, "max_tokens": 2000, "temperature": 1}).encode()
     host, port = srv.url.split("//")[1].strip("/").split(":")
     s = socket.create_connection((host, int(port)), timeout=60)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
               b"application/json\r\nContent-Length: " + str(len(body)).encode() +
               b"\r\n\r\n" + body)
     got = b""
