@@ -1,4 +1,5 @@
-"""One default-built file for every Linux machine: CPython 3.9-3.14, glibc 2.31+ (slow).
+"""Files for the target's own Python: one `--python 3.9,...,3.14` file for every CPython,
+glibc 2.31+ (slow). (A default file carries its interpreter: tests/test_carried.py.)
 
 Real interpreters (pyenv's), a real older distribution (a Debian 11 root made with
 debootstrap, run with chroot), the real engine and the real SmolLM2 model.
@@ -47,6 +48,16 @@ def run(pyfile, env, *args, timeout=300):
                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@pytest.fixture(scope="session")
+def every_python_pyfile(tmp_path_factory, real_model):
+    """The real SmolLM2 with runtimes for every supported CPython and no interpreter."""
+    out = tmp_path_factory.mktemp("every") / "smol.pyfile"
+    r = pyfile_cli("build", str(real_model), "-o", str(out), "--python",
+                   "3.9,3.10,3.11,3.12,3.13,3.14", timeout=900)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def test_machine_has_the_interpreters_this_test_needs():
     """The pyenv interpreters the next test walks over are really there (at least 3.9-3.13)."""
     versions = [v for v, _ in pyenv_pythons()]
@@ -54,10 +65,10 @@ def test_machine_has_the_interpreters_this_test_needs():
 
 
 @pytest.mark.parametrize("version,python", pyenv_pythons(), ids=lambda x: str(x))
-def test_one_default_file_answers_on_every_pyenv_python(smol_pyfile, version, python,
-                                                        tmp_path):
-    """The session's default-built file, run by each pyenv CPython with an empty HOME."""
-    r = run(smol_pyfile, bare_env(python, tmp_path))
+def test_one_file_answers_on_every_pyenv_python(every_python_pyfile, version, python,
+                                                tmp_path):
+    """The every-Python file, run by each pyenv CPython with an empty HOME."""
+    r = run(every_python_pyfile, bare_env(python, tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     # The run modes print one line on stderr (the backend), llama.cpp's warnings stay quiet.
@@ -70,8 +81,8 @@ def test_one_default_file_answers_on_every_pyenv_python(smol_pyfile, version, py
     assert pycache, "the runtime was compiled for this interpreter when it was unpacked"
 
 
-def test_manifest_lists_every_supported_python(smol_pyfile):
-    r = pyfile_cli("inspect", str(smol_pyfile))
+def test_manifest_lists_every_supported_python(every_python_pyfile):
+    r = pyfile_cli("inspect", str(every_python_pyfile))
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("runtime"))
     assert "CPython 3.9, 3.10, 3.11, 3.12, 3.13, 3.14 on x86_64 Linux" in line
@@ -79,34 +90,54 @@ def test_manifest_lists_every_supported_python(smol_pyfile):
     assert glibc and (int(glibc.group(1)), int(glibc.group(2))) <= (2, 31), line
 
 
-def test_no_library_in_the_runtime_needs_glibc_newer_than_2_31(smol_pyfile, tmp_path):
-    """objdump over every shared library the file carries, for every Python."""
+def glibc_needs(path, tmp_path):
+    """The newest GLIBC symbol version each shared library in the pyfile ``path`` needs
+    (objdump -T), by where it is: ``runtime:<path>`` for the runtime bundle's libraries
+    (every Python's), the member name for the GPU variants' (None: no GLIBC symbol)."""
+    from pyfile.runtime.container import versions
     if shutil.which("objdump") is None:
         pytest.fail("objdump is not installed (binutils)")
-    with zipfile.ZipFile(smol_pyfile) as outer:
+    lib = tmp_path / "lib.so"
+
+    def newest(data):
+        lib.write_bytes(data)
+        out = subprocess.run(["objdump", "-T", str(lib)], capture_output=True, text=True,
+                             check=True).stdout
+        found = [versions.parse(v) for v in re.findall(r"GLIBC_(\d+\.\d+(?:\.\d+)?)", out)]
+        return max(found) if found else None
+
+    needs = {}
+    with zipfile.ZipFile(path) as outer:
+        manifest = json.loads(outer.read(".pyfile/manifest.json"))
+        for record in manifest["variants"].values():
+            for member in record["members"]:
+                needs[member] = newest(outer.read(member))
         (tmp_path / "rt.zip").write_bytes(outer.read(".pyfile/runtime.zip"))
-    newest = {}
-    libs = 0
     with zipfile.ZipFile(tmp_path / "rt.zip") as zf:
         index = json.loads(zf.read(".pyfile-runtime.json"))
         shas = {sha: rel for t in index["targets"].values() for rel, sha in t["files"].items()
                 if re.search(r"\.so(\.\d+)*$", rel)}
         packed = set(index.get("xz", []))
         for sha, rel in shas.items():
-            lib = tmp_path / "lib.so"
-            lib.write_bytes(lzma.decompress(zf.read(f"o/{sha}.xz")) if sha in packed
-                            else zf.read("o/" + sha))
-            out = subprocess.run(["objdump", "-T", str(lib)], capture_output=True,
-                                 text=True).stdout
-            versions = [tuple(map(int, v.split("."))) for v in
-                        re.findall(r"GLIBC_(\d+\.\d+(?:\.\d+)?)", out)]
-            libs += 1
-            if versions:
-                newest[rel] = max(versions)
-    assert libs > 20  # the engine, 14 CPU variants, numpy, pydantic-core ... for 6 Pythons
-    too_new = {rel: v for rel, v in newest.items() if v > (2, 31)}
+            needs["runtime:" + rel] = newest(lzma.decompress(zf.read(f"o/{sha}.xz"))
+                                             if sha in packed else zf.read("o/" + sha))
+    return needs
+
+
+def test_no_library_the_file_carries_needs_glibc_newer_than_2_31(every_python_pyfile,
+                                                                  tmp_path):
+    """objdump over every shared library the file carries: the runtime's, for every Python,
+    and each GPU variant's (the Vulkan one, which `make setup` builds, at least)."""
+    needs = glibc_needs(every_python_pyfile, tmp_path)
+    runtime = [k for k in needs if k.startswith("runtime:")]
+    variants = [k for k in needs if not k.startswith("runtime:")]
+    from pyfile.variants import variants_dir
+    assert len(runtime) > 20  # the engine, 14 CPU variants, numpy, pydantic-core ... 6 Pythons
+    if os.path.isdir(os.path.join(variants_dir(), "vulkan")):  # published: packed by default
+        assert needs.get(".pyfile/variants/vulkan/libggml-vulkan.so"), variants
+    too_new = {k: v for k, v in needs.items() if v is not None and v > (2, 31)}
     assert not too_new, too_new
-    assert any(rel.startswith("llama_cpp/lib/libllama") for rel in newest)
+    assert any(v for k, v in needs.items() if k.startswith("runtime:llama_cpp/lib/libllama"))
 
 
 @pytest.fixture(scope="session")
