@@ -63,7 +63,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(smol_pyfile, tmp_path_factory):
     env = run_env(PYFILE_CACHE_DIR=str(tmp_path_factory.mktemp("srvcache")))
-    s = Server(smol_pyfile, "--parallel", "4", "--temp", "0", env=env)
+    s = Server(smol_pyfile, "--parallel", "4", "--kv-unified", "--temp", "0", env=env)
     yield s
     assert s.stop() == 0
     assert "server stopped" in "".join(s.lines)

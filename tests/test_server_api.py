@@ -23,7 +23,7 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 @pytest.fixture(scope="module")
 def srv(smol_pyfile, tmp_path_factory):
     env = run_env(PYFILE_CACHE_DIR=str(tmp_path_factory.mktemp("apicache")))
-    s = Server(smol_pyfile, "-np", "4", "--metrics", "-c", "4096", env=env)
+    s = Server(smol_pyfile, "-np", "4", "--kv-unified", "--metrics", "-c", "4096", env=env)
     yield s
     assert s.stop() == 0
 
