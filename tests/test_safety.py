@@ -120,6 +120,23 @@ def test_bundle_index_of_two_builds_at_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [index.name, other.name]
 
 
+def test_a_cached_bundle_index_that_cannot_be_read_is_a_miss(tmp_path):
+    """The build cache is shared by every pyfile version on the machine: a bundle index it
+    cannot read (damaged, or with a field another version added) means "assemble the bundle
+    again", never a build that dies with an internal error."""
+    from pyfile import bundle
+    index = tmp_path / "runtime-abc.json"
+    t = bundle.Target("3.11", "2.17", {"a.py": "0" * 64})
+    bundle._save_index(str(index), [t], {"other": 1}, "f" * 64)
+    assert bundle._load_index(str(index)) == ([t], {"other": 1}, "f" * 64)
+    for bad in ('{"targets": [{"python": "3.11", "libc_version": "2.17", "from": "later"}], '
+                '"sizes": {}, "sha256": "f"}', '{"targets": [', '[]',
+                '{"targets": [], "sizes": {}}', '{"targets": [1], "sizes": {}, "sha256": ""}'):
+        index.write_text(bad)
+        assert bundle._load_index(str(index)) is None, bad
+    assert bundle._load_index(str(tmp_path / "missing.json")) is None
+
+
 def test_a_member_without_a_sha256_is_not_unpacked_into_the_shared_cache(tmp_path, slim,
                                                                         monkeypatch):
     """Native files are unpacked to a cache folder named by their SHA-256s. An entry with an

@@ -137,12 +137,9 @@ def assemble(engine: engines.Engine, pythons: List[str],
     cache = buildcache.folder("bundles")
     path = os.path.join(cache, f"runtime-{h.hexdigest()[:24]}.zip")
     index_path = path[:-4] + ".json"
-    if os.path.isfile(path) and os.path.isfile(index_path):
-        with open(index_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if "sha256" in meta:
-            return Bundle(path, [Target(**t) for t in meta["targets"]], meta["sizes"],
-                          engine.version, sha256=meta["sha256"])
+    hit = _load_index(index_path) if os.path.isfile(path) else None
+    if hit is not None:
+        return Bundle(path, hit[0], hit[1], engine.version, sha256=hit[2])
 
     objects: Dict[str, bytes] = {}
     groups: Dict[str, str] = {}
@@ -176,6 +173,18 @@ def assemble(engine: engines.Engine, pythons: List[str],
     digest = _file_sha256(path)
     _save_index(index_path, targets, sizes, digest)
     return Bundle(path, targets, sizes, engine.version, sha256=digest)
+
+
+def _load_index(index_path: str) -> Optional[Tuple[List[Target], Dict[str, int], str]]:
+    """A cached bundle's (targets, sizes, sha256), or None when there is none or it cannot be
+    read (damaged, or written by another version of pyfile): the bundle is assembled again."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        return ([Target(**t) for t in meta["targets"]], dict(meta["sizes"]),
+                str(meta["sha256"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _save_index(index_path: str, targets: List[Target], sizes: Dict[str, int],
