@@ -1,12 +1,13 @@
 """Run-time speed of a pyfile against the raw engine on the raw GGUF, in the same run.
 
-    python bench/bench_run.py MODEL.gguf [--runs 10] [--tokens 128]
+    python bench/bench_run.py MODEL.gguf [--runs 10] [--tokens 128] [--baseline OLD.pyfile]
 
 1. Launch overhead: wall time of `./model.pyfile -p Hi -n 1` (exec to exit) for the default,
    self-contained file (its runtime unpacked in a private cache by an untimed first run, which
    is reported) and for a `--slim` one (the venv's engine), against `python raw_engine.py
    MODEL.gguf VARIANT Hi 1` (plain llama-cpp-python loading the same CPU variant). Runs are
-   interleaved; best and median are compared (goal <= 1.15x).
+   interleaved; best and median are compared (goal <= 1.15x). ``--baseline`` adds a pyfile
+   built from an earlier commit to the same interleaved runs (before/after a change).
 2. Generation speed: llama.cpp's own eval timing (tokens/s) for N greedy tokens, both ways
    (goal >= 0.98x).
 """
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--baseline", default=None, metavar="PYFILE",
+                    help="also time this pyfile (built from an earlier commit) as 'before'")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         env = dict(venv_env(), PYFILE_CACHE_DIR=os.path.join(d, "cache"))
@@ -38,6 +41,9 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "pyfile", "build", a.model, "-o", pf]
                            + (["--slim"] if kind == "slim" else []), check=True,
                            capture_output=True)
+        if a.baseline:  # prebuilt: its runtime is unpacked by an untimed first run too
+            files["before"] = a.baseline
+            timed([a.baseline, "-p", "Hi", "-n", "1"], env)
         first, r = timed([files["self-contained"], "-p", "Hi", "-n", "1"], env)  # unpack+probe
         variant = re.search(r"backend cpu \((\S+) variant", r.stderr).group(1)
         raw = [sys.executable, os.path.join(HERE, "raw_engine.py"), a.model, variant]
