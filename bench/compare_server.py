@@ -191,9 +191,23 @@ def shape_diff(a: Any, b: Any, where: str, out: List[str]) -> None:
         out.append(f"{where}: llama-server {len(a)} items, pyfile {len(b)}")
 
 
+def kind_of(diff: str) -> str:
+    """status, missing (a field llama-server sends and we do not), shape (a type or a
+    list's emptiness differs) or extra (a field only we send; llama-server clients ignore
+    it)."""
+    if diff.startswith("status"):
+        return "status"
+    if diff.endswith("only in pyfile"):
+        return "extra"
+    if "only in llama-server" in diff:
+        return "missing"
+    return "shape"
+
+
 def compare(anchor: int, ours: int) -> List[str]:
     lines: List[str] = []
     total = 0
+    kinds: Dict[str, int] = {"status": 0, "missing": 0, "shape": 0, "extra": 0}
     for name, method, path, body, stream in REQUESTS:
         sa, ha, ba = call(anchor, method, path, body, stream)
         sb, hb, bb = call(ours, method, path, body, stream)
@@ -217,13 +231,16 @@ def compare(anchor: int, ours: int) -> List[str]:
             shape_diff(ba, bb, "", diffs)
         counted = [d for d in diffs if not d.endswith("(informative)")]
         total += len(counted)
+        for d in counted:
+            kinds[kind_of(d)] += 1
         lines.append(f"{'same' if not diffs else f'{len(counted)} differences'}: {name} "
                      f"({method} {path})")
         lines += [f"    {d}" for d in diffs]
         if sa != sb:
             lines.append(f"    llama-server: {json.dumps(ba)[:300]}")
             lines.append(f"    pyfile:       {json.dumps(bb)[:300]}")
-    lines.append(f"{total} differences in {len(REQUESTS)} requests")
+    lines.append(f"{total} differences in {len(REQUESTS)} requests: "
+                 + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     return lines
 
 

@@ -90,9 +90,10 @@ def create_app(state: ServerState) -> Any:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         return reply(request, APIError(e.status_code, str(e.detail), kind))
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(web_chat_html())
+    if getattr(opts, "webui", True):  # --no-webui: / is a 404, as llama-server's
+        @app.get("/", include_in_schema=False)
+        async def index() -> HTMLResponse:
+            return HTMLResponse(web_chat_html())
 
     app.include_router(native.router(state))
     app.include_router(openai.router(state))
@@ -144,6 +145,11 @@ def validation_error(errors: Any) -> APIError:
                     code=code)
 
 
+#: ``-ctk``/``-ctv`` names -> ggml.h's ``enum ggml_type``.
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+              "iq4_nl": 20, "bf16": 30}
+
+
 class LoadedModel:
     """The model loaded once (FILE* loader, chosen backend) and the one batched context."""
 
@@ -166,20 +172,31 @@ class LoadedModel:
         p.n_batch = n_batch
         p.n_ubatch = max(1, min(opts.ubatch_size, n_batch))
         p.n_seq_max = opts.parallel
-        p.kv_unified = True
+        # As llama-server: one KV cache shared by the slots (-kvu, the default without -np),
+        # or each slot its own -c/N tokens.
+        p.kv_unified = opts.kv_unified
         p.embeddings = False
-        # llama-server's default (-fa auto): flash attention where the backend has it.
-        p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # -fa auto (llama-server's default): flash attention where the backend has it.
+        p.flash_attn_type = {"on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                             "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}.get(
+            opts.flash_attn, L.LLAMA_FLASH_ATTN_TYPE_AUTO)
+        p.type_k = GGML_TYPES[opts.cache_type_k]
+        p.type_v = GGML_TYPES[opts.cache_type_v]
         from llama_cpp._utils import suppress_stdout_stderr
         with suppress_stdout_stderr(disable=opts.verbose):
             self.ctx = L.llama_init_from_model(self.model, p)
         if not self.ctx:
             raise EngineError(f"{source.name}: llama.cpp could not create a context of "
-                              f"{p.n_ctx} tokens for {opts.parallel} slots; lower -c or "
-                              f"-np (run with -v for llama.cpp's log)")
+                              f"{p.n_ctx} tokens for {opts.parallel} slots (-fa "
+                              f"{opts.flash_attn}, K {opts.cache_type_k}, V "
+                              f"{opts.cache_type_v}); lower -c or -np, or a quantized V "
+                              f"cache needs -fa on (run with -v for llama.cpp's log)")
         self.llm._ctx.close()
+        # A slot's context, as llama-server's n_ctx_slot: the KV cache's per-sequence size
+        # (all of -c when unified), at most what the model was trained for.
         self.engine = Engine(L, self.model, self.ctx, opts.parallel, n_batch,
-                             verbose=opts.verbose)
+                             verbose=opts.verbose,
+                             n_ctx_slot=min(L.llama_n_ctx_seq(self.ctx), n_train))
         self._embedder: Any = None
         self._embed_lock = threading.Lock()
         self.opts = opts
@@ -229,7 +246,10 @@ def serve(source: ModelSource, opts: Any, manifest: Optional[Manifest] = None,
     if not os.environ.get(CHILD_ENV):  # a supervised RPC child: the parent shows its address
         sys.stderr.write(f"pyfile: serving the web chat at {url} and the OpenAI API at "
                          f"{url}v1 ({opts.parallel} slot{'s' if opts.parallel > 1 else ''} "
-                         f"sharing {loaded.engine.n_ctx} tokens of context; Ctrl-C stops)\n")
+                         + (f"sharing {loaded.engine.n_ctx} tokens of context" if
+                            opts.kv_unified else
+                            f"of {loaded.engine.n_ctx_slot} tokens of context each")
+                         + "; Ctrl-C stops)\n")
     if host not in ("127.0.0.1", "::1", "localhost") and not opts.api_key:
         sys.stderr.write("pyfile: warning: listening beyond this machine without --api-key: "
                          "anyone on the network can use the model (IP addresses are "

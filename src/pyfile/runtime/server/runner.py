@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from .chat import response_format_grammar, schema_grammar, text_message, tool_grammar
 from .errors import APIError
@@ -23,7 +23,7 @@ from .http import CURRENT_RECEIVE
 from .limits import check_max_tokens, logit_bias_ids
 from .sampling import SamplerChain, SamplingParams
 from .scheduler import Engine, Request
-from .task import Result, Step, Task, TokenProb
+from .task import Progress, Result, Step, Task, TokenProb
 
 T = TypeVar("T")
 
@@ -66,20 +66,7 @@ class Runner:
         st = self.state
         from .media import take_images, tokenize
         task, pictures = take_images(task, getattr(st.opts, "allow_image_urls", False))
-        extra_stop: List[str] = []
-        if task.messages is not None:
-            messages = [text_message(m) for m in task.messages]
-            text, extra_stop, add_bos = st.template.render(messages, task.tools,
-                                                           task.tool_choice)
-            tokens = st.tokenize(text, add_special=add_bos)
-        elif task.tokens is not None:
-            tokens = list(task.tokens)
-            text = ""
-        else:
-            prompt = task.prompt if task.prompt is not None else ""
-            tokens = st.prompt_tokens(prompt, task.add_special)
-            text = prompt if isinstance(prompt, str) else \
-                st.llm.detokenize(tokens).decode("utf-8", "replace")
+        tokens, text, extra_stop = self.render(task)
         media = None
         if pictures:  # through the model's projector: text tokens and image positions
             tokens, media = tokenize(st, text, tokens, pictures, task.param)
@@ -91,6 +78,26 @@ class Runner:
         except ValueError as e:
             raise APIError(400, str(e), param="grammar", code="invalid_grammar") from None
         return Prepared(tokens, text, params, chain, media)
+
+    def render(self, task: Task) -> Tuple[List[int], str, List[str]]:
+        """The task's prompt: (token ids, as text, the template's extra stop strings)."""
+        st = self.state
+        extra_stop: List[str] = []
+        if task.messages is not None:
+            messages = [text_message(m) for m in task.messages]
+            text, extra_stop, add_bos = st.template.render(
+                messages, task.tools, task.tool_choice, task.add_generation_prompt,
+                task.continue_final_message)
+            tokens = st.tokenize(text, add_special=add_bos)
+        elif task.tokens is not None:
+            tokens = list(task.tokens)
+            text = ""
+        else:
+            prompt = task.prompt if task.prompt is not None else ""
+            tokens = st.prompt_tokens(prompt, task.add_special)
+            text = prompt if isinstance(prompt, str) else \
+                st.llm.detokenize(tokens).decode("utf-8", "replace")
+        return tokens, text, extra_stop
 
     def sampling(self, task: Task, extra_stop: List[str]) -> SamplingParams:
         """The task's :class:`SamplingParams`: knobs, length, stops, grammar, bias."""
@@ -104,6 +111,8 @@ class Runner:
         p.grammar = self.grammar(task)
         p.logit_bias = self.logit_bias(task.logit_bias)
         p.n_probs = task.n_probs
+        p.post_sampling_probs = task.post_sampling_probs
+        p.return_progress = task.return_progress
         return p
 
     @staticmethod
@@ -164,12 +173,19 @@ class Run:
             self.cancel()
             raise
 
-    async def events(self) -> AsyncIterator[Union[Step, Result]]:
-        """:class:`Step` per token, then one :class:`Result`; an error raises APIError."""
+    async def events(self, progress: bool = False
+                     ) -> AsyncIterator[Union[Step, Progress, Result]]:
+        """:class:`Step` per token, then one :class:`Result`; an error raises APIError.
+        ``progress``: also the :class:`Progress` of the prompt's reading, when the task
+        asked for it (``return_progress``)."""
         while True:
             ev = await self._next()
             if ev["type"] == "token":
                 yield Step(ev["text"], ev["token"], self._prob(ev["token"], ev["logprobs"]))
+                continue
+            if ev["type"] == "progress":
+                if progress:
+                    yield Progress(ev["total"], ev["cache"], ev["processed"], ev["time_ms"])
                 continue
             self.finished = True
             yield self._result(ev)
@@ -220,8 +236,9 @@ class Run:
         if lp is None:
             return None
         piece = self.state.piece
-        return TokenProb(token, piece(token), lp["logprob"],
-                         [(t, piece(t), v) for t, v in lp["top"]])
+        post = "prob" in lp  # post-sampling probabilities, not log-probabilities
+        return TokenProb(token, piece(token), lp["prob"] if post else lp["logprob"],
+                         [(t, piece(t), v) for t, v in lp["top"]], post)
 
     @staticmethod
     def _result(ev: Dict[str, Any]) -> Result:

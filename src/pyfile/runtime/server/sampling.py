@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SamplingParams:
     grammar: Optional[str] = None   # GBNF text (JSON schemas are converted before)
     stop: List[str] = field(default_factory=list)
     n_probs: int = 0                # top alternatives to report per token (0: none)
+    post_sampling_probs: bool = False  # report them as probabilities after the chain
+    return_progress: bool = False   # prompt-progress events while the prompt is read
     ignore_eos: bool = False
 
 
@@ -43,6 +45,7 @@ class SamplerChain:
                  eog: Sequence[int] = ()) -> None:
         """``eog``: the vocabulary's end-of-generation tokens (banned by ``ignore_eos``)."""
         self.L = L
+        self._cands: Any = None  # candidates buffer of sample_with_probs, made on first use
         params = L.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = L.llama_sampler_chain_init(params)
@@ -85,6 +88,38 @@ class SamplerChain:
     def sample(self, ctx: Any, idx: int) -> int:
         """Sample from output row ``idx`` of the last decode, and accept the token."""
         return int(self.L.llama_sampler_sample(self.chain, ctx, idx))
+
+    def sample_with_probs(self, ctx: Any, idx: int, n_vocab: int, n: int) -> Tuple[int, Dict]:
+        """As :meth:`sample`, done step by step (what ``llama_sampler_sample`` does inside)
+        so that the candidates the chain leaves can be read: llama-server's
+        ``post_sampling_probs``. Returns the token and ``{"prob", "top": [(id, p)...]}``,
+        the top ``n`` candidates with a non-zero probability, most likely first."""
+        import ctypes
+        import numpy as np
+        L = self.L
+        if self._cands is None or len(self._cands) != n_vocab:
+            self._cands = (L.llama_token_data * n_vocab)()
+        view = np.ctypeslib.as_array(self._cands)
+        view["id"] = np.arange(n_vocab, dtype=np.int32)
+        view["logit"] = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, idx),
+                                              shape=(n_vocab,))
+        view["p"] = 0.0
+        cur = L.llama_token_data_array(
+            ctypes.cast(self._cands, ctypes.POINTER(L.llama_token_data)), n_vocab, -1, False)
+        L.llama_sampler_apply(self.chain, ctypes.byref(cur))
+        if not 0 <= cur.selected < cur.size:
+            raise RuntimeError("the sampler chain selected no token")
+        left = np.ctypeslib.as_array(cur.data, shape=(cur.size,))
+        tok = int(left["id"][cur.selected])
+        L.llama_sampler_accept(self.chain, tok)
+        p = left["p"].astype(np.float64)
+        if not p.any():  # greedy picks without computing probabilities: softmax them
+            z = left["logit"].astype(np.float64)
+            p = np.exp(z - z.max())
+            p /= p.sum()
+        order = np.argsort(-p, kind="stable")[:n]
+        top = [(int(left["id"][i]), float(p[i])) for i in order if p[i] > 0]
+        return tok, {"prob": float(p[cur.selected]), "top": top}
 
     def close(self) -> None:
         if self.chain is not None:

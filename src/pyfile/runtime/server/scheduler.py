@@ -133,8 +133,12 @@ class Slot:
             "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
             "prompt_per_second": n_prompt * 1000 / prompt_ms if prompt_ms > 0 else 0.0,
             "predicted_n": self.n_decoded, "predicted_ms": gen_ms,
-            "predicted_per_token_ms": gen_ms / self.n_decoded if self.n_decoded else 0.0,
-            "predicted_per_second": self.n_decoded * 1000 / gen_ms if gen_ms > 0 else 0.0,
+            # As llama-server: the rates leave out the first token, which came with the
+            # prompt's last batch (its time is the prompt's, not the generation's).
+            "predicted_per_token_ms": gen_ms / (self.n_decoded - 1)
+            if self.n_decoded > 1 else 0.0,
+            "predicted_per_second": (self.n_decoded - 1) * 1000 / gen_ms
+            if gen_ms > 0 and self.n_decoded > 1 else 0.0,
         }
         return {"type": "done", "finish_reason": reason, "text": rest,
                 "n_prompt": self.n_prompt, "n_cached": self.n_cached,
@@ -154,14 +158,25 @@ class Metrics:
     """Counters for ``/metrics`` (names as llama-server's, prefix ``llamacpp:``)."""
 
     def __init__(self) -> None:
-        self.prompt_tokens_total = 0
+        self.t_start = time.time()          # Process-Start-Time-Unix
+        self.prompt_tokens_total = 0        # read from the prompt (cached ones excluded)
+        self.prompt_tokens_cached_total = 0  # reused from a slot's cache
         self.prompt_seconds_total = 0.0
         self.tokens_predicted_total = 0
+        # From each request's first token to its last, and its tokens after the first: the
+        # first one comes with the prompt's batch, so the rate (steps / time) leaves it out.
         self.tokens_predicted_seconds_total = 0.0
+        self.predicted_steps_total = 0
         self.n_decode_total = 0
         self.n_busy_slots_total = 0
-        self.n_tokens_max = 0
+        self.n_tokens_max = 0               # the longest sequence (prompt + generated)
         self.requests_total = 0
+
+    def on_done(self, s: "Slot", now: float) -> None:
+        """A request's generation ended: its time and steps (llama-server's predict bucket)."""
+        if s.n_decoded > 0 and s.t_prompt_done:
+            self.tokens_predicted_seconds_total += now - s.t_prompt_done
+            self.predicted_steps_total += s.n_decoded - 1
 
 
 class Engine:
@@ -241,7 +256,7 @@ class Engine:
                         "is_processing": r is not None,
                         "n_cached_tokens": len(s.cache),
                         "n_prompt_tokens": s.n_prompt if r else 0,
-                        "n_decoded": s.n_decoded if r else 0,
+                        "n_decoded": s.n_decoded if r else 0, "speculative": False,
                         "params": params_info(r.params) if r else None})
         return out
 
@@ -343,6 +358,16 @@ class Engine:
         s.n_cached = keep
         s.next_token = None
         s.t_start = time.perf_counter()
+        self.metrics.prompt_tokens_cached_total += keep
+        self._progress(s, s.t_start)
+
+    def _progress(self, s: Slot, now: float) -> None:
+        """llama-server's ``return_progress``: where the reading of the prompt stands (sent
+        when the request starts and after each batch of its prompt)."""
+        req = s.req
+        if req is not None and req.params.return_progress:
+            req.sink({"type": "progress", "total": s.n_prompt, "cache": s.n_cached,
+                      "processed": len(s.cache), "time_ms": (now - s.t_start) * 1000})
 
     def _release(self, s: Slot) -> None:
         if s.req is not None and s.req.media is not None:
@@ -412,19 +437,17 @@ class Engine:
         m = self.metrics
         m.n_decode_total += 1
         m.n_busy_slots_total += len(active)
-        m.n_tokens_max = max(m.n_tokens_max, n)
         n_prompt_tok = sum(len(t) for s, t in fed if s.next_token is None)
-        n_gen_tok = n - n_prompt_tok
         if n_prompt_tok:
             m.prompt_tokens_total += n_prompt_tok
             m.prompt_seconds_total += dt * n_prompt_tok / n
-        if n_gen_tok:
-            m.tokens_predicted_seconds_total += dt * n_gen_tok / n
+        now = time.perf_counter()
         for s, toks in fed:
             s.cache.extend(toks)
+            m.n_tokens_max = max(m.n_tokens_max, len(s.cache))
             if s.next_token is None:
                 del s.pending[:len(toks)]
-        now = time.perf_counter()
+                self._progress(s, now)
         for s in active:
             if s.i_out < 0 or s.req is None:
                 continue
@@ -475,10 +498,14 @@ class Engine:
     def _sample(self, s: Slot, now: float) -> None:
         L, req = self.L, s.req
         assert req is not None and s.chain is not None
-        tok = s.chain.sample(self.ctx, s.i_out)
         p = req.params
         logprobs = None
-        if p.n_probs > 0:
+        if p.n_probs > 0 and p.post_sampling_probs:
+            tok, logprobs = s.chain.sample_with_probs(self.ctx, s.i_out, self.n_vocab,
+                                                      p.n_probs)
+        else:
+            tok = s.chain.sample(self.ctx, s.i_out)
+        if p.n_probs > 0 and not p.post_sampling_probs:
             import numpy as np
             ptr = L.llama_get_logits_ith(self.ctx, s.i_out)
             row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
@@ -509,6 +536,7 @@ class Engine:
         req = s.req
         assert req is not None
         done = s.done_event(reason, now)
+        self.metrics.on_done(s, now)
         self._release(s)
         req.sink(done)
 
@@ -524,9 +552,33 @@ def _partial_stop(text: str, stops: List[str]) -> int:
     return best
 
 
-def params_info(p: SamplingParams) -> Dict[str, Any]:
-    return {"n_predict": p.max_tokens, "temperature": p.temperature, "top_k": p.top_k,
-            "top_p": p.top_p, "min_p": p.min_p, "repeat_penalty": p.repeat_penalty,
-            "presence_penalty": p.presence_penalty,
-            "frequency_penalty": p.frequency_penalty, "seed": p.seed, "stop": p.stop,
-            "n_probs": p.n_probs, "grammar": p.grammar or ""}
+#: The samplers of our chain (sampling.py), by llama-server's names, in its order.
+SAMPLERS = ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"]
+#: llama-server's random seed (LLAMA_DEFAULT_SEED): a fresh one per request.
+RANDOM_SEED = 0xFFFFFFFF
+
+
+def params_info(p: SamplingParams, stream: bool = False) -> Dict[str, Any]:
+    """llama-server's ``generation_settings``: every key its clients read, with our value
+    where we have the setting and the disabled value of each sampler we do not have (DRY,
+    XTC, Mirostat, top-n-sigma, dynamic temperature, adaptive-p): what was applied."""
+    return {
+        "seed": p.seed if p.seed is not None and p.seed >= 0 else RANDOM_SEED,
+        "temperature": p.temperature, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
+        "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p, "top_n_sigma": -1.0,
+        "xtc_probability": 0.0, "xtc_threshold": 0.1, "typical_p": p.typical_p,
+        "repeat_last_n": p.repeat_last_n, "repeat_penalty": p.repeat_penalty,
+        "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
+        "dry_multiplier": 0.0, "dry_base": 1.75, "dry_allowed_length": 2,
+        "dry_penalty_last_n": 64, "dry_sequence_breakers": ["\n", ":", "\"", "*"],
+        "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "adaptive_target": -1.0,
+        "adaptive_decay": 0.9, "stop": p.stop, "max_tokens": p.max_tokens,
+        "n_predict": p.max_tokens, "n_keep": 0, "n_discard": 0, "ignore_eos": p.ignore_eos,
+        "stream": stream,
+        "logit_bias": [[t, b if b != float("-inf") else False]  # JSON has no -inf
+                       for t, b in p.logit_bias.items()], "n_probs": p.n_probs,
+        "min_keep": 0, "grammar": p.grammar or "", "grammar_lazy": False,
+        "grammar_triggers": [], "preserved_tokens": [], "chat_format": "Content-only",
+        "reasoning_format": "none", "reasoning_in_content": False, "generation_prompt": "",
+        "samplers": list(SAMPLERS), "speculative.types": "none", "timings_per_token": False,
+        "post_sampling_probs": p.post_sampling_probs, "backend_sampling": False, "lora": []}

@@ -271,6 +271,7 @@ class Sampling(RequestBody):
     stream_options: Optional[Dict[str, Any]] = None
     post_sampling_probs: bool = False   # llama-server: n_probs as probabilities after sampling
     return_progress: bool = False       # llama-server: prompt-progress events in a stream
+    verbose: bool = False               # llama-server: __verbose in the answer (as -v does)
 
     _bias = field_validator("logit_bias")(check_logit_bias)
 

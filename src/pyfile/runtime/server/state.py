@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, List, Union
+from typing import Any, Dict, List, Union
 
 from .errors import APIError
 from .scheduler import Engine
@@ -29,7 +29,7 @@ class ServerState:
         self.backend_line = backend_line
         self.guard = guard
         self.embedder = embedder
-        self.template = ChatTemplate(llm)
+        self.template = ChatTemplate(llm, getattr(opts, "chat_template", None))
         self.n_vocab = llm.n_vocab()
         self.started = time.time()
         self.lock = threading.Lock()
@@ -58,21 +58,13 @@ class ServerState:
                  ) -> List[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
-    def prompt_tokens(self, prompt: Union[str, List[Any]], add_special: bool = True
-                      ) -> List[int]:
-        """A prompt given as text, token ids, or a mix (llama-server's native form)."""
-        if isinstance(prompt, str):
-            return self.tokenize(prompt, add_special)
-        out: List[int] = []
-        for i, part in enumerate(prompt):
-            if isinstance(part, int):
-                if not 0 <= part < self.n_vocab:
-                    raise APIError(400, f"token ids must be in 0..{self.n_vocab - 1}",
-                                   param="prompt")
-                out.append(part)
-            else:
-                out.extend(self.tokenize(str(part), add_special and i == 0))
-        return out
+    def prompt_tokens(self, prompt: Union[str, List[Any], Dict[str, Any]],
+                      add_special: bool = True, param: str = "prompt") -> List[int]:
+        """One prompt in any of llama-server's forms (text, token ids, a mix,
+        ``{"prompt_string": ...}``: :mod:`.prompts`)."""
+        from .prompts import tokens
+        return tokens(prompt, lambda text, special: self.tokenize(text, special),
+                      self.n_vocab, add_special, param)
 
     def piece(self, token: int) -> str:
         return self.llm._model.detokenize([token], special=True).decode("utf-8", "replace")
@@ -80,8 +72,10 @@ class ServerState:
     def check_prompt(self, tokens: List[int], param: str = "messages") -> None:
         if not tokens:
             raise APIError(400, "the prompt must not be empty", param=param)
-        if len(tokens) >= self.engine.n_ctx_slot:
-            raise APIError(400, f"This model's maximum context length was exceeded: the prompt "
-                                f"is {len(tokens)} tokens, a request may use "
-                                f"{self.engine.n_ctx_slot} (raise -c/--ctx-size)",
-                           code="context_length_exceeded", param=param)
+        n_ctx = self.engine.n_ctx_slot
+        if len(tokens) >= n_ctx:  # llama-server's error, with OpenAI's code for its clients
+            raise APIError(400, f"request ({len(tokens)} tokens) exceeds the available context "
+                                f"size ({n_ctx} tokens), try increasing it (-c/--ctx-size, "
+                                f"or fewer -np slots)", "exceed_context_size_error",
+                           code="context_length_exceeded", param=param,
+                           extra={"n_prompt_tokens": len(tokens), "n_ctx": n_ctx})

@@ -56,6 +56,11 @@ class Task:
     json_schema: Optional[Dict[str, Any]] = None
     response_format: Optional[Dict[str, Any]] = None
     n_probs: int = 0                    # top alternatives reported per token (0: none)
+    post_sampling_probs: bool = False   # ...as probabilities after the sampler chain
+    return_progress: bool = False       # prompt-progress events while the prompt is read
+    add_generation_prompt: bool = True  # chat: end with the assistant's turn opening
+    continue_final_message: Optional[bool] = None  # chat: continue the last (assistant)
+                                        # message; None: when the chat ends with one
     images: List[Tuple[str, str]] = field(default_factory=list)  # image inputs: (source, body
                                         # field), one per image marker of the prompt, in order
     param: str = "prompt"               # the body field that holds the prompt, for errors
@@ -69,6 +74,7 @@ class TokenProb:
     piece: str
     logprob: float
     top: List[Tuple[int, str, float]]   # (token id, piece, log-probability), best first
+    post_sampling: bool = False         # logprob and top hold probabilities after sampling
 
     @property
     def bytes(self) -> List[int]:
@@ -83,6 +89,22 @@ class Step:
     text: str
     token: int
     prob: Optional[TokenProb] = None
+
+
+@dataclass
+class Progress:
+    """Where the reading of the prompt stands (llama-server's ``prompt_progress``): ``total``
+    prompt tokens, ``cache`` of them reused, ``processed`` so far (cached ones included),
+    ``time_ms`` since the request took its slot."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: float
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"total": self.total, "cache": self.cache, "processed": self.processed,
+                "time_ms": self.time_ms}
 
 
 @dataclass

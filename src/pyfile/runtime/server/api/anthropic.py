@@ -2,7 +2,8 @@
 ``/v1/messages/count_tokens``, so Anthropic's own clients work against the local model.
 
 Messages are turned into the chat messages the model's template knows (text blocks joined,
-``tool_use`` into ``tool_calls``, ``tool_result`` into ``tool`` messages). A forced tool
+``tool_use`` into ``tool_calls``, ``tool_result`` into ``tool`` messages, ``thinking`` into
+``reasoning_content``, as llama-server does). A forced tool
 (``tool_choice`` ``tool``, or ``any`` with one tool) constrains the output to its
 ``input_schema`` and answers a ``tool_use`` block.
 """
@@ -66,9 +67,14 @@ def chat_messages(req: Any) -> List[Dict[str, Any]]:
             continue
         text: List[str] = []
         calls: List[Dict[str, Any]] = []
+        thoughts: List[str] = []
         for block in content:
             kind = block.get("type")
-            if kind == "tool_use":
+            if kind == "thinking":  # as llama-server: the template's reasoning_content
+                thoughts.append(str(block.get("thinking", "")))
+            elif kind == "redacted_thinking":  # encrypted by another provider: nothing to show
+                continue
+            elif kind == "tool_use":
                 calls.append({"id": block.get("id", ""), "type": "function", "function": {
                     "name": block.get("name", ""),
                     "arguments": json.dumps(block.get("input", {}))}})
@@ -77,10 +83,12 @@ def chat_messages(req: Any) -> List[Dict[str, Any]]:
                             "content": _text(block.get("content", ""), f"messages.{i}")})
             else:
                 text.append(_text([block], f"messages.{i}.content"))
-        if text or calls or not content:
+        if text or calls or thoughts or not content:
             msg: Dict[str, Any] = {"role": role, "content": "".join(text)}
             if calls:
                 msg["tool_calls"] = calls
+            if thoughts:
+                msg["reasoning_content"] = "".join(thoughts)
             out.append(msg)
     return out
 
@@ -131,9 +139,7 @@ def router(state: ServerState) -> APIRouter:
 
     @r.post("/v1/messages/count_tokens")
     async def count_tokens(req: AnthropicCountRequest) -> Dict[str, Any]:
-        task = task_of(req)
-        text, _, add_bos = await off_loop(state.template.render, task.messages, task.tools)
-        tokens = await off_loop(state.tokenize, text, add_bos)
+        tokens, _, _ = await off_loop(state.runner.render, task_of(req))
         return {"input_tokens": len(tokens)}
 
     @r.post("/v1/messages")

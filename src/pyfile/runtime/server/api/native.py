@@ -15,12 +15,14 @@ from ..chat import text_message
 from ..errors import APIError
 from ..http import sse, sse_data
 from ..runner import off_loop
+from ..sampling import SamplingParams
 from ..scheduler import params_info
 from ..schemas import (ApplyTemplateRequest, DetokenizeRequest, EmbeddingRequest,
                        InfillRequest, NativeCompletionRequest, RerankRequest,
                        TokenizeRequest)
 from ..state import ServerState
-from ..task import Result, Step, Task, TokenProb, knobs
+from ..prompts import split
+from ..task import Progress, Result, Step, Task, TokenProb, knobs
 
 
 def _stop_type(done: Result) -> str:
@@ -30,15 +32,37 @@ def _stop_type(done: Result) -> str:
 
 
 def _probs(probs: List[TokenProb]) -> List[Dict[str, Any]]:
-    """llama-server's ``completion_probabilities``."""
-    return [{"id": p.id, "token": p.piece, "logprob": p.logprob, "bytes": p.bytes,
-             "top_logprobs": [{"id": t, "token": piece, "logprob": v,
-                               "bytes": list(piece.encode("utf-8"))}
-                              for t, piece, v in p.top]} for p in probs]
+    """llama-server's ``completion_probabilities`` (``prob``/``top_probs`` after sampling
+    with ``post_sampling_probs``, else ``logprob``/``top_logprobs``)."""
+    out = []
+    for p in probs:
+        value, top = ("prob", "top_probs") if p.post_sampling else ("logprob", "top_logprobs")
+        out.append({"id": p.id, "token": p.piece, "bytes": p.bytes, value: p.logprob,
+                    top: [{"id": t, "token": piece, "bytes": list(piece.encode("utf-8")),
+                           value: v} for t, piece, v in p.top]})
+    return out
 
 
 def _stops(stop: Any) -> List[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def _token_text(state: ServerState, token: int) -> str:
+    return state.llm._model.token_get_text(token) if token >= 0 else ""
+
+
+def completion_json(run: Any, done: Result, model: str, content: str,
+                    shown: Optional[str] = None, stream: bool = False) -> Dict[str, Any]:
+    """llama-server's final native completion (``tokens`` empty: the caller fills them);
+    ``shown``: the prompt echoed back (default: as the model read it, a chat's rendered)."""
+    return {"index": 0, "content": content, "tokens": [], "id_slot": done.slot,
+            "stop": True, "model": model, "tokens_predicted": done.n_decoded,
+            "tokens_evaluated": done.n_prompt,
+            "generation_settings": params_info(run.params, stream),
+            "prompt": run.prompt_text if shown is None else shown,
+            "has_new_line": "\n" in content, "truncated": False,
+            "stop_type": _stop_type(done), "stopping_word": done.stop_word,
+            "tokens_cached": done.n_prompt + done.n_decoded, "timings": done.timings}
 
 
 def native_task(req: NativeCompletionRequest, **what: Any) -> Task:
@@ -50,32 +74,47 @@ def native_task(req: NativeCompletionRequest, **what: Any) -> Task:
         what["prompt"], what["images"] = completion_prompt(what["prompt"])
     return Task(sampling=knobs(req), max_tokens=max_tokens, stop=_stops(req.stop),
                 logit_bias=req.logit_bias, grammar=req.grammar, json_schema=req.json_schema,
-                n_probs=req.n_probs, **what)
+                n_probs=req.n_probs, post_sampling_probs=req.post_sampling_probs,
+                return_progress=req.return_progress and req.stream, **what)
 
 
 def metrics_text(state: ServerState) -> str:
-    """Prometheus text exposition of the engine's counters (llama-server's names)."""
+    """Prometheus text exposition of the engine's counters: llama-server's names, meanings
+    and order (counters, then gauges). The generation rate counts each request's tokens
+    after its first (which comes with the prompt's batch) over the time from its first
+    token to its last, as llama-server's does."""
     m, e = state.engine.metrics, state.engine
     rows = [
-        ("prompt_tokens_total", "counter", "Number of prompt tokens processed.",
-         m.prompt_tokens_total),
-        ("prompt_seconds_total", "counter", "Prompt process time", m.prompt_seconds_total),
-        ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
+        ("prompt_tokens_total", "counter",
+         "Number of prompt tokens processed, excluding cached tokens", m.prompt_tokens_total),
+        ("prompt_tokens_cached_total", "counter",
+         "Number of prompt tokens reused from the cache", m.prompt_tokens_cached_total),
+        ("prompt_seconds_total", "counter", "Total time spent processing prompts",
+         m.prompt_seconds_total),
+        ("tokens_predicted_total", "counter", "Number of generation tokens processed",
          m.tokens_predicted_total),
-        ("tokens_predicted_seconds_total", "counter", "Predict process time",
+        ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens",
          m.tokens_predicted_seconds_total),
         ("n_decode_total", "counter", "Total number of llama_decode() calls",
          m.n_decode_total),
-        ("n_tokens_max", "counter", "Largest observed n_tokens.", m.n_tokens_max),
+        ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)",
+         m.n_tokens_max),
+        # No speculative decoding here: its counters stay at 0 (clients graph them).
+        ("spec_decode_num_draft_tokens_total", "counter",
+         "Speculative: Total draft tokens generated", 0),
+        ("spec_decode_num_accepted_tokens_total", "counter",
+         "Speculative: Total draft tokens accepted by the target model", 0),
+        ("spec_decode_num_drafts_total", "counter",
+         "Speculative: Total speculative decoding verification steps", 0),
+        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s",
+         m.prompt_tokens_total / m.prompt_seconds_total if m.prompt_seconds_total else 0.0),
+        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s",
+         m.predicted_steps_total / m.tokens_predicted_seconds_total
+         if m.tokens_predicted_seconds_total else 0.0),
+        ("requests_processing", "gauge", "Number of requests processing", e.busy),
+        ("requests_deferred", "gauge", "Number of requests deferred", e.deferred),
         ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() "
          "call", m.n_busy_slots_total / m.n_decode_total if m.n_decode_total else 0.0),
-        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.",
-         m.prompt_tokens_total / m.prompt_seconds_total if m.prompt_seconds_total else 0.0),
-        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.",
-         m.tokens_predicted_total / m.tokens_predicted_seconds_total
-         if m.tokens_predicted_seconds_total else 0.0),
-        ("requests_processing", "gauge", "Number of requests processing.", e.busy),
-        ("requests_deferred", "gauge", "Number of requests deferred.", e.deferred),
     ]
     lines = []
     for name, kind, doc, value in rows:
@@ -105,14 +144,18 @@ def router(state: ServerState) -> APIRouter:
         return {"model": state.model_id, "model_path": state.model_path,
                 "n_ctx": e.n_ctx, "parallel": len(e.slots), "total_slots": len(e.slots),
                 "chat_template": state.template.source,
-                "default_generation_settings": {"n_ctx": e.n_ctx_slot,
-                                                "params": {"n_predict": -1,
-                                                           "temperature": opts.temp,
-                                                           "top_k": opts.top_k,
-                                                           "top_p": opts.top_p,
-                                                           "min_p": opts.min_p}},
+                "default_generation_settings": {"n_ctx": e.n_ctx_slot, "params": params_info(
+                    SamplingParams(temperature=opts.temp, top_k=opts.top_k,
+                                   top_p=opts.top_p, min_p=opts.min_p,
+                                   repeat_penalty=opts.repeat_penalty,
+                                   seed=opts.seed if opts.seed >= 0 else None))},
                 "modalities": {"vision": getattr(state, "projector", None) is not None,
-                               "audio": False},
+                               "video": False, "audio": False},
+                "model_alias": state.model_id, "endpoint_slots": not opts.no_slots,
+                "endpoint_props": False, "endpoint_metrics": bool(opts.metrics),
+                "ui": bool(getattr(opts, "webui", True)), "is_sleeping": False,
+                "bos_token": _token_text(state, state.llm.token_bos()),
+                "eos_token": _token_text(state, state.llm.token_eos()),
                 "backend": state.backend_line, "build_info": f"pyfile {__version__}",
                 "pyfile": __version__}
 
@@ -128,8 +171,9 @@ def router(state: ServerState) -> APIRouter:
         if not opts.metrics:
             raise APIError(501, "this server does not expose /metrics: start it with --metrics",
                            "not_supported_error", "not_supported")
-        return PlainTextResponse(metrics_text(state),
-                                 media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics_text(state), media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix":
+                                          str(int(state.engine.metrics.t_start))})
 
     @r.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> Dict[str, Any]:
@@ -168,18 +212,9 @@ def router(state: ServerState) -> APIRouter:
         """Run a native completion; ``shown``: the prompt echoed back (default: as given)."""
         run = await state.runner.start(task)
         name = req.model or state.model_id
-        prompt_text = run.prompt_text if shown is None else shown
 
         def final(done: Result, content: str) -> Dict[str, Any]:
-            return {"index": 0, "content": content, "tokens": [], "id_slot": done.slot,
-                    "stop": True, "model": name, "tokens_predicted": done.n_decoded,
-                    "tokens_evaluated": done.n_prompt,
-                    "generation_settings": params_info(run.params),
-                    "prompt": prompt_text, "has_new_line": "\n" in content,
-                    "truncated": False, "stop_type": _stop_type(done),
-                    "stopping_word": done.stop_word,
-                    "tokens_cached": done.n_prompt + done.n_decoded,
-                    "timings": done.timings}
+            return completion_json(run, done, name, content, shown, req.stream)
 
         if not req.stream:
             done = await run.collect()
@@ -190,11 +225,19 @@ def router(state: ServerState) -> APIRouter:
             return out
 
         async def events() -> AsyncIterator[bytes]:
-            async for ev in run.events():
-                if isinstance(ev, Step):
+            n = 0
+            async for ev in run.events(progress=True):
+                if isinstance(ev, Progress):  # return_progress: llama-server's partial shape
+                    yield sse_data({"index": 0, "content": "", "tokens": [], "stop": False,
+                                    "id_slot": -1, "tokens_predicted": 0,
+                                    "tokens_evaluated": ev.total,
+                                    "prompt_progress": ev.to_json()})
+                elif isinstance(ev, Step):
+                    n += 1
                     chunk: Dict[str, Any] = {"index": 0, "content": ev.text,
                                              "tokens": [ev.token], "stop": False,
-                                             "id_slot": -1}
+                                             "id_slot": -1, "tokens_predicted": n,
+                                             "tokens_evaluated": len(run.prompt)}
                     if req.n_probs:
                         chunk["completion_probabilities"] = _probs([ev.prob] if ev.prob else [])
                     yield sse_data(chunk)
@@ -205,10 +248,22 @@ def router(state: ServerState) -> APIRouter:
         return sse(events(), run.cancel)
 
     @r.post("/completion")
+    @r.post("/completions")  # llama-server's native completion too (OpenAI's is /v1/...)
     async def completion(req: NativeCompletionRequest) -> Any:
         if isinstance(req.prompt, str) and not req.prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        return await native(req, native_task(req, prompt=req.prompt))
+        prompts = split(req.prompt)
+        if len(prompts) == 1:
+            return await native(req, native_task(req, prompt=prompts[0]))
+        if req.stream:
+            raise APIError(400, "stream one prompt per request (several prompts are answered "
+                                "together without stream)", param="stream")
+        # Several prompts: one result each, in order (llama-server's array answer).
+        outs = await asyncio.gather(*(native(req, native_task(req, prompt=p))
+                                      for p in prompts))
+        for i, out in enumerate(outs):
+            out["index"] = i
+        return list(outs)
 
     @r.post("/infill")
     async def infill(req: InfillRequest) -> Any:
@@ -230,41 +285,43 @@ def router(state: ServerState) -> APIRouter:
         tokens = await off_loop(layout)
         return await native(req, native_task(req, tokens=tokens), shown=req.input_prefix)
 
-    async def embed_all(texts: List[str], normalize_mode: int) -> List[Any]:
+    async def embed_all(src: Any, normalize_mode: int, param: str) -> tuple:
+        """(vectors, tokens read) for one input or several, each in any of llama-server's
+        prompt forms: text, token ids, a mix, {"prompt_string": ...} (:mod:`..prompts`)."""
         if state.embedder is None:
             raise APIError(400, "this server cannot produce embeddings", code="unsupported")
-        if not texts or any(not isinstance(t, str) for t in texts):
-            raise APIError(400, "input must be a string or a list of strings", param="input")
-        if any(not t for t in texts):
-            raise APIError(400, "input strings must not be empty", param="input")
+        if src is None:
+            raise APIError(400, f"{param} is required", param=param)
+        inputs = split(src, param)
+        if any(x == "" for x in inputs):
+            raise APIError(400, f"{param} strings must not be empty", param=param)
         state.check_file()
         emb = state.embedder()
 
-        def work() -> List[Any]:
-            return [emb.embed(state.tokenize(t), normalize_mode) for t in texts]
+        def work() -> tuple:
+            tokens = [state.prompt_tokens(x, True, param) for x in inputs]
+            return [emb.embed(t, normalize_mode) for t in tokens], sum(map(len, tokens))
         return await asyncio.get_running_loop().run_in_executor(None, work)
 
-    @r.post("/v1/embeddings")
-    @r.post("/embeddings")
+    @r.post("/v1/embeddings")  # OpenAI's; unprefixed /embeddings is llama-server's own
     async def embeddings(req: EmbeddingRequest) -> Dict[str, Any]:
-        src = req.input if req.input is not None else req.content
-        texts = [src] if isinstance(src, str) else (src or [])
-        vectors = await embed_all(texts, req.embd_normalize)
+        src, param = (req.input, "input") if req.input is not None else (req.content, "content")
+        vectors, n_tokens = await embed_all(src, req.embd_normalize, param)
         if vectors and isinstance(vectors[0][0], list):
             raise APIError(400, "pooling 'none' gives one vector per token, which the OpenAI "
                                 "API cannot carry: use /embedding or another --pooling",
                            param="input")
-        n_tokens = await off_loop(lambda: sum(len(state.tokenize(t)) for t in texts))
         return {"object": "list", "model": req.model or state.model_id,
                 "data": [{"object": "embedding", "index": i, "embedding": v}
                          for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
     @r.post("/embedding")
+    @r.post("/embeddings")
     async def embedding(req: EmbeddingRequest) -> List[Dict[str, Any]]:
-        src = req.content if req.content is not None else req.input
-        texts = [src] if isinstance(src, str) else (src or [])
-        vectors = await embed_all(texts, req.embd_normalize)
+        src, param = (req.content, "content") if req.content is not None else (req.input,
+                                                                                "input")
+        vectors, _ = await embed_all(src, req.embd_normalize, param)
         return [{"index": i, "embedding": v if isinstance(v[0], list) else [v]}
                 for i, v in enumerate(vectors)]
 

@@ -5,18 +5,26 @@ Each route is also served without the ``/v1`` prefix, as llama-server does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 
 from fastapi import APIRouter
 
+from .... import __version__
 from ..chat import forced_tool
 from ..errors import APIError
 from ..http import sse, sse_data
 from ..schemas import ChatRequest, CompletionRequest, ResponsesRequest
 from ..state import ServerState
-from ..task import Result, Step, Task, TokenProb, knobs
+from ..runner import Run, off_loop
+from ..task import Progress, Result, Step, Task, TokenProb, knobs
+from .native import completion_json
+
+
+#: OpenAI's ``system_fingerprint``: which build answered.
+FINGERPRINT = f"pyfile-{__version__}"
 
 
 def _n_probs(req: Any, chat: bool) -> int:
@@ -32,11 +40,55 @@ def _stops(stop: Any) -> List[str]:
 
 
 def chat_logprobs(probs: List[TokenProb]) -> Dict[str, Any]:
-    """OpenAI's chat ``logprobs.content`` list."""
-    return {"content": [{"token": p.piece, "logprob": p.logprob, "bytes": p.bytes,
-                         "top_logprobs": [{"token": piece, "logprob": v,
-                                           "bytes": list(piece.encode("utf-8"))}
-                                          for _, piece, v in p.top]} for p in probs]}
+    """OpenAI's chat ``logprobs.content`` list (with ``post_sampling_probs``, llama-server's
+    ``prob``/``top_probs`` after the sampler chain instead of log-probabilities)."""
+    out = []
+    for p in probs:
+        value, top = ("prob", "top_probs") if p.post_sampling else ("logprob", "top_logprobs")
+        out.append({"id": p.id, "token": p.piece, "bytes": p.bytes, value: p.logprob,
+                    top: [{"id": t, "token": piece, "bytes": list(piece.encode("utf-8")),
+                           value: v} for t, piece, v in p.top]})
+    return {"content": out}
+
+
+def _usage(dones: List[Result]) -> Dict[str, Any]:
+    """OpenAI's usage of one or several choices: the prompt once, every choice's tokens."""
+    u = dones[0].usage()
+    n = sum(d.n_decoded for d in dones)
+    u.update(completion_tokens=n, total_tokens=u["prompt_tokens"] + n)
+    return u
+
+
+async def merged(runs: List[Run], progress: bool = False
+                 ) -> AsyncIterator[Tuple[int, Union[Step, Progress, Result]]]:
+    """The events of several runs as they come, each with its run's index; the first error
+    raises (the sse wrapper makes it an error event; the caller cancels the runs)."""
+    if len(runs) == 1:
+        async for ev in runs[0].events(progress):
+            yield 0, ev
+        return
+    queue: "asyncio.Queue[Tuple[int, Any]]" = asyncio.Queue()
+
+    async def pump(i: int, run: Run) -> None:
+        try:
+            async for ev in run.events(progress):
+                await queue.put((i, ev))
+        except APIError as e:
+            await queue.put((i, e))
+
+    pumps = [asyncio.ensure_future(pump(i, run)) for i, run in enumerate(runs)]
+    try:
+        left = len(runs)
+        while left:
+            i, ev = await queue.get()
+            if isinstance(ev, APIError):
+                raise ev
+            if isinstance(ev, Result):
+                left -= 1
+            yield i, ev
+    finally:
+        for t in pumps:
+            t.cancel()
 
 
 def completion_logprobs(probs: List[TokenProb]) -> Dict[str, Any]:
@@ -55,6 +107,10 @@ def chat_task(req: ChatRequest) -> Task:
     """The task of an OpenAI chat request."""
     return Task(messages=list(req.messages), tools=req.tools, tool_choice=req.tool_choice,
                 forced_tool=forced_tool(req.tools, req.tool_choice), param="messages",
+                add_generation_prompt=req.add_generation_prompt,
+                continue_final_message=req.continue_final_message,
+                post_sampling_probs=req.post_sampling_probs,
+                return_progress=req.return_progress and req.stream,
                 sampling=knobs(req), max_tokens=req.max_completion_tokens or req.max_tokens,
                 stop=_stops(req.stop), logit_bias=req.logit_bias, grammar=req.grammar,
                 json_schema=req.json_schema, response_format=req.response_format,
@@ -68,10 +124,34 @@ def router(state: ServerState) -> APIRouter:
     @r.get("/v1/models")
     @r.get("/models")
     async def models() -> Dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": state.model_id, "object": "model", "created": int(state.started),
-            "owned_by": "pyfile", "meta": {"n_ctx": state.engine.n_ctx,
-                                           "n_vocab": state.n_vocab}}]}
+        # llama-server's shape: OpenAI's list with its aliases, tags and the slot's context,
+        # and the same model as Ollama's "models" list (clients of either read it).
+        opts, e = state.opts, state.engine
+        meta = {"vocab_type": e.L.llama_vocab_type(e.vocab),
+                "n_vocab": state.n_vocab, "n_ctx": e.n_ctx_slot,
+                "n_ctx_train": e.L.llama_model_n_ctx_train(e.model),
+                "n_embd": e.L.llama_model_n_embd(e.model),
+                "n_params": e.L.llama_model_n_params(e.model),
+                "size": e.L.llama_model_size(e.model)}
+        return {"object": "list",
+                "models": [{"name": state.model_id, "model": state.model_id,
+                            "modified_at": "", "size": "", "digest": "", "type": "model",
+                            "description": "", "tags": list(getattr(opts, "tags", [])),
+                            "capabilities": ["completion"], "parameters": "",
+                            "details": {"parent_model": "", "format": "gguf", "family": "",
+                                        "families": [], "parameter_size": "",
+                                        "quantization_level": ""}}],
+                "data": [{"id": state.model_id, "aliases": list(getattr(opts, "aliases", [])),
+                          "tags": list(getattr(opts, "tags", [])), "object": "model",
+                          "created": int(state.started), "owned_by": "llamacpp",
+                          "meta": meta}]}
+
+    @r.post("/v1/chat/completions/input_tokens")
+    @r.post("/chat/completions/input_tokens")
+    async def chat_input_tokens(req: ChatRequest) -> Dict[str, Any]:
+        """llama-server's token count of a chat request's prompt (as Responses' input_tokens)."""
+        tokens, _, _ = await off_loop(runner.render, chat_task(req))
+        return {"object": "response.input_tokens", "input_tokens": len(tokens)}
 
     @r.post("/v1/chat/completions")
     @r.post("/chat/completions")
@@ -80,30 +160,52 @@ def router(state: ServerState) -> APIRouter:
         tool = task.forced_tool
         name = req.model or state.model_id
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        run = await runner.start(task)
+        runs: List[Run] = []
+        try:  # n > 1: one run (and slot) per choice, as llama-server's n_cmpl
+            for _ in range(req.n):
+                runs.append(await runner.start(task))
+        except BaseException:
+            for run in runs:
+                run.cancel()
+            raise
         call_id = f"call_{uuid.uuid4().hex[:24]}"
+        verbose = req.verbose or bool(getattr(state.opts, "verbose", False))
+
+        def logprobs(probs: List[TokenProb]) -> Any:
+            return chat_logprobs(probs) if task.n_probs else None
+
         if not req.stream:
-            done = await run.collect()
-            message: Dict[str, Any] = {"role": "assistant", "content": done.text}
-            finish = done.finish_reason
-            if tool:
-                message = {"role": "assistant", "content": None, "tool_calls": [{
-                    "id": call_id, "type": "function",
-                    "function": {"name": tool["name"], "arguments": done.text}}]}
-                finish = "tool_calls" if finish == "stop" else finish
-            return {"id": cid, "object": "chat.completion", "created": created, "model": name,
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                                 "logprobs": chat_logprobs(done.probs)
-                                 if task.n_probs else None}],
-                    "usage": done.usage(), "timings": done.timings}
+            try:
+                dones = await asyncio.gather(*(run.collect() for run in runs))
+            finally:
+                for run in runs:
+                    run.cancel()
+            choices = []
+            for i, done in enumerate(dones):
+                message: Dict[str, Any] = {"role": "assistant", "content": done.text}
+                finish = done.finish_reason
+                if tool:
+                    message = {"role": "assistant", "content": None, "tool_calls": [{
+                        "id": call_id, "type": "function",
+                        "function": {"name": tool["name"], "arguments": done.text}}]}
+                    finish = "tool_calls" if finish == "stop" else finish
+                choices.append({"index": i, "message": message, "finish_reason": finish,
+                                "logprobs": logprobs(done.probs)})
+            out = {"id": cid, "object": "chat.completion", "created": created, "model": name,
+                   "system_fingerprint": FINGERPRINT, "choices": choices,
+                   "usage": _usage(dones), "timings": dones[0].timings}
+            if verbose:  # llama-server's --verbose: the native answer, rendered prompt included
+                out["__verbose"] = completion_json(runs[0], dones[0], name, dones[0].text)
+            return out
 
         include_usage = bool((req.stream_options or {}).get("include_usage"))
 
-        def chunk(delta: Dict[str, Any], finish: Optional[str] = None,
-                  logprobs: Any = None) -> Dict[str, Any]:
+        def chunk(i: int, delta: Dict[str, Any], finish: Optional[str] = None,
+                  lp: Any = None) -> Dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": name, "choices": [{"index": 0, "delta": delta,
-                                                "logprobs": logprobs, "finish_reason": finish}]}
+                    "model": name, "system_fingerprint": FINGERPRINT,
+                    "choices": [{"index": i, "delta": delta, "logprobs": lp,
+                                 "finish_reason": finish}]}
 
         def delta(text: str, first: bool) -> Dict[str, Any]:
             if not tool:
@@ -116,34 +218,56 @@ def router(state: ServerState) -> APIRouter:
             return {"tool_calls": [call]}
 
         async def events() -> AsyncIterator[bytes]:
-            yield sse_data(chunk({"role": "assistant", "content": None if tool else ""}))
-            first = True
-            async for ev in run.events():
+            # The opening delta of each choice: the role, content null (as OpenAI and
+            # llama-server send it).
+            for i in range(len(runs)):
+                yield sse_data(chunk(i, {"role": "assistant", "content": None}))
+            first = [True] * len(runs)
+            dones: List[Result] = []
+            said: List[str] = []  # choice 0's text, for __verbose
+            async for i, ev in merged(runs, progress=task.return_progress):
+                if isinstance(ev, Progress):
+                    c = chunk(i, {"role": "assistant", "content": None})
+                    c["prompt_progress"] = ev.to_json()
+                    yield sse_data(c)
+                    continue
                 if isinstance(ev, Step):
-                    lp = chat_logprobs([ev.prob] if ev.prob else []) if task.n_probs else None
+                    if i == 0:
+                        said.append(ev.text)
+                    lp = logprobs([ev.prob] if ev.prob else [])
                     if ev.text or lp:
-                        yield sse_data(chunk(delta(ev.text, first), logprobs=lp))
-                        first = False
+                        yield sse_data(chunk(i, delta(ev.text, first[i]), lp=lp))
+                        first[i] = False
                     continue
                 if ev.text:
-                    yield sse_data(chunk(delta(ev.text, first)))
+                    yield sse_data(chunk(i, delta(ev.text, first[i])))
                 finish = ev.finish_reason
                 if tool and finish == "stop":
                     finish = "tool_calls"
-                last = chunk({}, finish)
+                last = chunk(i, {}, finish)
                 last["timings"] = ev.timings
+                if verbose and i == 0:  # as llama-server: on the final result's chunk
+                    last["__verbose"] = completion_json(runs[0], ev, name,
+                                                        "".join(said) + ev.text, stream=True)
                 yield sse_data(last)
-                if include_usage:
-                    yield sse_data({"id": cid, "object": "chat.completion.chunk",
-                                    "created": created, "model": name, "choices": [],
-                                    "usage": ev.usage()})
+                dones.append(ev)
+            if include_usage and dones:
+                yield sse_data({"id": cid, "object": "chat.completion.chunk",
+                                "created": created, "model": name,
+                                "system_fingerprint": FINGERPRINT, "choices": [],
+                                "usage": _usage(dones)})
             yield b"data: [DONE]\n\n"
 
-        await run.first()
-        return sse(events(), run.cancel)
+        try:
+            for run in runs:
+                await run.first()
+        except BaseException:
+            for run in runs:
+                run.cancel()
+            raise
+        return sse(events(), lambda: [run.cancel() for run in runs])
 
-    @r.post("/v1/completions")
-    @r.post("/completions")
+    @r.post("/v1/completions")  # unprefixed /completions is llama-server's native one
     async def completions(req: CompletionRequest) -> Any:
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
@@ -163,6 +287,7 @@ def router(state: ServerState) -> APIRouter:
 
         def body(text: str, finish: Optional[str], logprobs: Any = None) -> Dict[str, Any]:
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
+                    "system_fingerprint": FINGERPRINT,
                     "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                                  "finish_reason": finish}]}
 
@@ -171,6 +296,8 @@ def router(state: ServerState) -> APIRouter:
             out = body(echo + done.text, done.finish_reason,
                        completion_logprobs(done.probs) if task.n_probs else None)
             out.update(usage=done.usage(), timings=done.timings)
+            if req.verbose or getattr(state.opts, "verbose", False):  # as llama-server's
+                out["__verbose"] = completion_json(run, done, name, done.text)
             return out
 
         async def events() -> AsyncIterator[bytes]:
@@ -227,7 +354,8 @@ def router(state: ServerState) -> APIRouter:
         def response(status: str, text: str, done: Optional[Result]) -> Dict[str, Any]:
             out: Dict[str, Any] = {
                 "id": rid, "object": "response", "created_at": created, "status": status,
-                "model": name, "output": [], "error": None, "incomplete_details": None,
+                "completed_at": None, "model": name, "output": [], "error": None,
+                "incomplete_details": None,
                 "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
                 "temperature": req.temperature, "top_p": req.top_p, "tools": [],
                 "tool_choice": "auto", "parallel_tool_calls": False, "text": req.text or
@@ -239,7 +367,8 @@ def router(state: ServerState) -> APIRouter:
                 out["output"] = [{"type": "message", "id": mid, "status": "completed",
                                   "role": "assistant", "content": [{
                                       "type": "output_text", "text": text,
-                                      "annotations": []}]}]
+                                      "annotations": [], "logprobs": []}]}]
+                out["completed_at"] = int(time.time())
                 out["usage"] = {"input_tokens": done.n_prompt,
                                 "input_tokens_details": {"cached_tokens": done.n_cached},
                                 "output_tokens": done.n_decoded,
