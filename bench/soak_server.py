@@ -90,11 +90,13 @@ class Soak:
     def slow_and_abrupt(self) -> None:
         body = json.dumps({"messages": [{"role": "user", "content": "Tell a long story."}],
                            "stream": True, "max_tokens": 500}).encode()
+        host = f"{self.host}:{self.port}".encode()  # a Host the server answers (not 403)
         while time.time() < self.deadline:
             try:  # a slow client: headers, then a trickle of body, then it gives up
                 s = socket.create_connection((self.host, self.port), timeout=10)
-                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host
+                          + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                          + str(len(body)).encode()
                           + b"\r\n\r\n")
                 for b in body[:5]:
                     s.sendall(bytes([b]))
@@ -102,8 +104,9 @@ class Soak:
                 s.close()
                 self.count("slow_client")
                 s = socket.create_connection((self.host, self.port), timeout=60)
-                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host
+                          + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                          + str(len(body)).encode()
                           + b"\r\n\r\n" + body)
                 got = b""
                 while b"data:" not in got:
