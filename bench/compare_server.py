@@ -84,6 +84,8 @@ REQUESTS: List[Tuple[str, str, str, Any, bool]] = [
       "continue_final_message": True, "add_generation_prompt": True}, False),
     ("chat token count", "POST", "/v1/chat/completions/input_tokens", {"messages": CHAT},
      False),
+    ("responses token count", "POST", "/v1/responses/input_tokens",
+     {"input": "What is the capital of France?"}, False),
     ("anthropic messages", "POST", "/v1/messages",
      {"model": "smol", "max_tokens": 8, "messages": CHAT, "temperature": 0}, False),
     ("anthropic count_tokens with thinking", "POST", "/v1/messages/count_tokens",

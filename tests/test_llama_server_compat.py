@@ -218,6 +218,10 @@ def test_chat_token_count_route(srv):
     status, done = post(srv, "v1/chat/completions", dict(body, max_tokens=1))
     assert count["input_tokens"] == done["usage"]["prompt_tokens"] > 5
     assert post(srv, "chat/completions/input_tokens", body)[1] == count
+    c = openai_client(srv)  # the Responses API's count, through the official client
+    counted = c.responses.input_tokens.count(model="smol", input=QUESTION)
+    answer = c.responses.create(model="smol", input=QUESTION, max_output_tokens=2)
+    assert counted.input_tokens == answer.usage.input_tokens > 5
 
 
 # -- templates -------------------------------------------------------------------------------
@@ -308,6 +312,8 @@ def test_models_list_aliases_and_tags(srv):
     assert m.id == "smol" and m.aliases == ["smol", "smol-alias"] and m.tags == ["t1", "t2"]
     models = json.loads(get(srv, "v1/models")[2])
     assert models["models"][0]["name"] == "smol"
+    assert models["data"][0]["meta"]["ftype"] == "Q4_1"
+    assert json.loads(get(srv, "props")[2])["model_ftype"] == "Q4_1"
 
 
 # -- Anthropic, embeddings -------------------------------------------------------------------

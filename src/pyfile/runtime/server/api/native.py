@@ -47,6 +47,13 @@ def _stops(stop: Any) -> List[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
+def model_ftype(state: ServerState) -> str:
+    """The weights' type as llama.cpp names it ("Q4_1", "Q4_K - Medium", ...)."""
+    e = state.engine
+    name = e.L.llama_ftype_name(e.L.llama_model_ftype(e.model))
+    return name.decode("utf-8", "replace") if name else ""
+
+
 def _token_text(state: ServerState, token: int) -> str:
     return state.llm._model.token_get_text(token) if token >= 0 else ""
 
@@ -151,7 +158,9 @@ def router(state: ServerState) -> APIRouter:
                                    seed=opts.seed if opts.seed >= 0 else None))},
                 "modalities": {"vision": getattr(state, "projector", None) is not None,
                                "video": False, "audio": False},
-                "model_alias": state.model_id, "endpoint_slots": not opts.no_slots,
+                "model_alias": state.model_id, "model_ftype": model_ftype(state),
+                "cors_proxy_enabled": False, "ui_settings": {},
+                "endpoint_slots": not opts.no_slots,
                 "endpoint_props": False, "endpoint_metrics": bool(opts.metrics),
                 "ui": bool(getattr(opts, "webui", True)), "is_sleeping": False,
                 "bos_token": _token_text(state, state.llm.token_bos()),

@@ -20,7 +20,7 @@ from ..schemas import ChatRequest, CompletionRequest, ResponsesRequest
 from ..state import ServerState
 from ..runner import Run, off_loop
 from ..task import Progress, Result, Step, Task, TokenProb, knobs
-from .native import completion_json
+from .native import completion_json, model_ftype
 
 
 #: OpenAI's ``system_fingerprint``: which build answered.
@@ -117,6 +117,35 @@ def chat_task(req: ChatRequest) -> Task:
                 n_probs=_n_probs(req, chat=True))
 
 
+def responses_task(req: ResponsesRequest) -> Task:
+    """The task of a Responses request (text in, text or JSON out)."""
+    messages: List[Dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        messages.append({"role": "user", "content": req.input})
+    else:
+        for item in req.input:
+            if item.get("type", "message") != "message":
+                raise APIError(400, f"input items of type {item.get('type')!r} are not "
+                                    f"supported", param="input")
+            role = item.get("role", "user")
+            if role not in ("system", "developer", "user", "assistant"):
+                raise APIError(400, f"input message role {role!r} is not one of system, "
+                                    f"developer, user, assistant", param="input")
+            messages.append({"role": role, "content": item.get("content", "")})
+    if not messages:
+        raise APIError(400, "input holds no message", param="input")
+    fmt = (req.text or {}).get("format")
+    response_format = None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        response_format = {"type": "json_schema", "json_schema": {"schema": fmt.get("schema")}}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        response_format = {"type": "json_object"}
+    return Task(messages=messages, param="messages", sampling=knobs(req),
+                max_tokens=req.max_output_tokens, response_format=response_format)
+
+
 def router(state: ServerState) -> APIRouter:
     r = APIRouter()
     runner = state.runner
@@ -132,7 +161,7 @@ def router(state: ServerState) -> APIRouter:
                 "n_ctx_train": e.L.llama_model_n_ctx_train(e.model),
                 "n_embd": e.L.llama_model_n_embd(e.model),
                 "n_params": e.L.llama_model_n_params(e.model),
-                "size": e.L.llama_model_size(e.model)}
+                "size": e.L.llama_model_size(e.model), "ftype": model_ftype(state)}
         return {"object": "list",
                 "models": [{"name": state.model_id, "model": state.model_id,
                             "modified_at": "", "size": "", "digest": "", "type": "model",
@@ -318,34 +347,17 @@ def router(state: ServerState) -> APIRouter:
         await run.first()
         return sse(events(), run.cancel)
 
+    @r.post("/v1/responses/input_tokens")
+    @r.post("/responses/input_tokens")
+    async def responses_input_tokens(req: ResponsesRequest) -> Dict[str, Any]:
+        """OpenAI's (and llama-server's) token count of a Responses request's input."""
+        tokens, _, _ = await off_loop(runner.render, responses_task(req))
+        return {"object": "response.input_tokens", "input_tokens": len(tokens)}
+
     @r.post("/v1/responses")
     @r.post("/responses")
     async def responses(req: ResponsesRequest) -> Any:
-        messages: List[Dict[str, Any]] = []
-        if req.instructions:
-            messages.append({"role": "system", "content": req.instructions})
-        if isinstance(req.input, str):
-            messages.append({"role": "user", "content": req.input})
-        else:
-            for item in req.input:
-                if item.get("type", "message") != "message":
-                    raise APIError(400, f"input items of type {item.get('type')!r} are not "
-                                        f"supported", param="input")
-                role = item.get("role", "user")
-                if role not in ("system", "developer", "user", "assistant"):
-                    raise APIError(400, f"input message role {role!r} is not one of system, "
-                                        f"developer, user, assistant", param="input")
-                messages.append({"role": role, "content": item.get("content", "")})
-        if not messages:
-            raise APIError(400, "input holds no message", param="input")
-        fmt = (req.text or {}).get("format")
-        response_format = None
-        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            response_format = {"type": "json_schema", "json_schema": {"schema": fmt.get("schema")}}
-        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-            response_format = {"type": "json_object"}
-        task = Task(messages=messages, param="messages", sampling=knobs(req),
-                    max_tokens=req.max_output_tokens, response_format=response_format)
+        task = responses_task(req)
         rid, mid = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
         name = req.model or state.model_id
         created = int(time.time())
