@@ -139,6 +139,10 @@ def test_every_prompt_form_of_completion(srv):
     assert outs[0]["content"] == outs[1]["content"] == text["content"]
     status, body = post(srv, "completion", dict(base, prompt=[ids[0], 10 ** 6]))
     assert status == 400 and "token ids" in body["error"]["message"]
+    status, body = post(srv, "completion", dict(base, prompt=[PROMPT, [10 ** 6]]))
+    assert status == 400 and "token ids" in body["error"]["message"]
+    time.sleep(0.5)  # the other prompt of that request was stopped: every slot is free
+    assert not any(s["is_processing"] for s in json.loads(get(srv, "slots")[2]))
 
 
 # -- sampling and stream outputs -----------------------------------------------------------

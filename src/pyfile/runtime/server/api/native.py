@@ -268,8 +268,13 @@ def router(state: ServerState) -> APIRouter:
             raise APIError(400, "stream one prompt per request (several prompts are answered "
                                 "together without stream)", param="stream")
         # Several prompts: one result each, in order (llama-server's array answer).
-        outs = await asyncio.gather(*(native(req, native_task(req, prompt=p))
-                                      for p in prompts))
+        waits = [asyncio.ensure_future(native(req, native_task(req, prompt=p)))
+                 for p in prompts]
+        try:
+            outs = await asyncio.gather(*waits)
+        finally:  # one failed or its client hung up: the others stop too
+            for w in waits:
+                w.cancel()
         for i, out in enumerate(outs):
             out["index"] = i
         return list(outs)

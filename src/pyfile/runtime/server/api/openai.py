@@ -204,9 +204,14 @@ def router(state: ServerState) -> APIRouter:
             return chat_logprobs(probs) if task.n_probs else None
 
         if not req.stream:
+            # Tasks of their own, so that the others stop too when one fails or its
+            # client hangs up (gather alone would leave them waiting).
+            waits = [asyncio.ensure_future(run.collect()) for run in runs]
             try:
-                dones = await asyncio.gather(*(run.collect() for run in runs))
+                dones = await asyncio.gather(*waits)
             finally:
+                for w in waits:
+                    w.cancel()
                 for run in runs:
                     run.cancel()
             choices = []
