@@ -392,3 +392,13 @@ def test_unknown_chat_template_name_is_a_usage_error(smol_pyfile, tmp_path):
     assert r.returncode == 2, r.stderr
     line = [x for x in r.stderr.splitlines() if "no-such-template" in x]
     assert len(line) == 1 and "chatml" in line[0] and "Traceback" not in r.stderr
+
+
+def test_a_quantized_v_cache_without_flash_attention_is_one_line_and_exit_1(smol_pyfile,
+                                                                           tmp_path):
+    r = run_file(smol_pyfile, "--server", "--port", "0", "--nobrowser", "-c", "512", "-ctv",
+                 "q4_0", "-fa", "off", env=run_env(PYFILE_CACHE_DIR=str(tmp_path / "c")),
+                 timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "could not create a context" in x]
+    assert len(lines) == 1 and "-fa on" in lines[0] and "Traceback" not in r.stderr
