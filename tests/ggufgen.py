@@ -150,10 +150,11 @@ def colour_png(colour: str, size: int = PROBE_IMAGE) -> bytes:
 
 
 def write_small_llama(path: str, tokenizer_from: str, *, name: str = "small-llama",
-                      n_embd: int = 64, seed: int = 0) -> str:
+                      n_embd: int = 64, seed: int = 0, pooling: int = 0) -> str:
     """A runnable one-block llama with random weights and the tokenizer (vocabulary,
     merges, special tokens, chat template) of ``tokenizer_from``: a second real model for
-    multi-model files. It answers nonsense, quickly."""
+    multi-model files. It answers nonsense, quickly. ``pooling`` (llama.cpp's pooling type:
+    1 mean, 2 cls, 3 last) makes it an embedding model."""
     import gguf
     reader = gguf.GGUFReader(tokenizer_from)
     w = gguf.GGUFWriter(path, "llama")
@@ -167,6 +168,8 @@ def write_small_llama(path: str, tokenizer_from: str, *, name: str = "small-llam
     w.add_rope_dimension_count(n_embd // 2)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(1)  # F16
+    if pooling:
+        w.add_pooling_type(gguf.PoolingType(pooling))
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer."):
             continue

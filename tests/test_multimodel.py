@@ -120,3 +120,44 @@ def test_m_picks_the_model_for_the_terminal_modes(two_models, cache_env):
     assert "Paris" in smol.stdout
     r = run_file(two_models, "-m", "nope", "-p", "Hi", env=cache_env)
     assert r.returncode == 1 and "no such model" in r.stderr
+
+
+def test_embedding_requests_go_to_the_embedding_model(tmp_path, real_model, cache_env):
+    """A file with a chat model and an embedding model (a GGUF naming a pooling type): an
+    embedding request without a model goes to the embedding model, a chat to the chat model."""
+    from test_server import Server
+    emb = write_small_llama(str(tmp_path / "small-embed.gguf"), str(real_model),
+                            name="small-embed", pooling=1)
+    out = tmp_path / "chat-and-embed.pyfile"
+    r = pyfile_cli("build", str(real_model), emb, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    srv = Server(out, "-np", "1", "-c", "1024", env=cache_env)
+    try:
+        status, body = srv.request("/v1/embeddings", {"input": "hello"})
+        assert status == 200 and body["model"] == "small-embed", body
+        assert len(body["data"][0]["embedding"]) == 64  # the small model's width
+        status, body = srv.request("/v1/chat/completions", {
+            "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]})
+        assert status == 200 and body["model"] == SMOL
+    finally:
+        assert srv.stop() == 0
+
+
+def test_baked_per_model_options(tmp_path, real_model, cache_env):
+    """.args can set one model's options: --model-args 'small-llama=-c 512'."""
+    from test_server import Server
+    small = write_small_llama(str(tmp_path / f"{SMALL}.gguf"), str(real_model))
+    out = tmp_path / "per-model.pyfile"
+    r = pyfile_cli("build", str(real_model), small, "-o", str(out),
+                   "--args", f"--model-args '{SMALL}=-c 512' -c 1024")
+    assert r.returncode == 0, r.stderr
+    srv = Server(out, "-np", "1", env=cache_env)
+    try:
+        status, props = srv.request(f"/props?model={SMALL}")
+        assert status == 200 and props["n_ctx"] == 512, props
+        status, props = srv.request("/props")
+        assert props["n_ctx"] == 1024
+        status, models = srv.request("/models")
+        assert {m["id"]: m["status"]["args"] for m in models["data"]}[SMALL] == ["-c", "512"]
+    finally:
+        assert srv.stop() == 0

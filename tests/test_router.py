@@ -151,3 +151,23 @@ def test_concurrent_first_requests_load_once():
     for t in threads:
         t.join(5)
     assert got == ["x"] * 4 and loads == [1] and entries[0].in_flight == 4
+
+
+def test_entries_of_a_manifest_and_per_model_options():
+    from pyfile.runtime.container.manifest import Manifest
+    from pyfile.runtime.errors import UsageError
+    from pyfile.runtime.server.router import entries_of, model_options
+    from pyfile.runtime import options
+    man = Manifest(default_model="b.gguf", members=[
+        {"name": n, "kind": k} for n, k in (("a.gguf", "model"), ("b.gguf", "model"),
+                                             ("p.gguf", "mmproj"))],
+        models={"a.gguf": {"pooling_type": 1}, "b.gguf": {"mmproj": "p.gguf"}})
+    entries = entries_of(man, alias="chat", model_args=["a=-c 512 --temp 0"])
+    assert [(e.id, e.member, e.embedding, e.vision) for e in entries] == [
+        ("chat", "b.gguf", False, True), ("a", "a.gguf", True, False)]
+    assert entries[1].args == ["-c", "512", "--temp", "0"]
+    opts = options.parse(["-c", "4096", "--top-k", "7"])
+    mine = model_options(opts, entries[1].args)
+    assert (mine.ctx_size, mine.temp, mine.top_k, opts.ctx_size) == (512, 0.0, 7, 4096)
+    with pytest.raises(UsageError, match="NAME one of b, a"):
+        entries_of(man, model_args=["nope=-c 1"])

@@ -207,6 +207,9 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
     g.add_argument("--models-max", type=_positive_int, default=4, metavar="N",
                    help="a file with several models: at most N loaded at once (0 = no "
                         "limit); the least recently used idle one is unloaded")
+    g.add_argument("--model-args", action="append", default=[], metavar="NAME=ARGS",
+                   help="options for one model of the file (-c, -ngl, --chat-template...), "
+                        "e.g. in .args: --model-args 'small=-c 2048 -ngl 0' (repeatable)")
     g.add_argument("--sleep-idle-seconds", type=float, default=None, metavar="SECONDS",
                    help="a file with several models: unload a model idle this long (its next "
                         "request loads it again; -1 = never)")

@@ -121,14 +121,14 @@ def _answer(llm: Any, messages: List[Dict[str, str]], max_tokens: Optional[int],
     """Stream one assistant reply to stdout; Ctrl-C stops it and keeps what was said.
     With ``pictures`` the conversation goes through the model's projector."""
     answer: List[str] = []
-    if pictures is not None:
-        from .media import stream_answer
-        pieces = stream_answer(llm, opts, messages, pictures, max_tokens, params)
-    else:
-        pieces = (chunk["choices"][0].get("delta", {}).get("content")
-                  for chunk in llm.create_chat_completion(messages, stream=True,
-                                                          max_tokens=max_tokens, **params))
-    try:
+    try:  # Ctrl-C while the prompt is rendered or read stops the answer too
+        if pictures is not None:
+            from .media import stream_answer
+            pieces = stream_answer(llm, opts, messages, pictures, max_tokens, params)
+        else:
+            pieces = (chunk["choices"][0].get("delta", {}).get("content")
+                      for chunk in llm.create_chat_completion(messages, stream=True,
+                                                              max_tokens=max_tokens, **params))
         for delta in pieces:
             if delta:
                 answer.append(delta)

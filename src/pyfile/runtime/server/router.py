@@ -357,9 +357,12 @@ def _flavor(path: str) -> str:
     return flavor_of(path)
 
 
-def entries_of(manifest: Any, alias: Optional[str] = None) -> List[ModelEntry]:
+def entries_of(manifest: Any, alias: Optional[str] = None,
+               model_args: Optional[List[str]] = None) -> List[ModelEntry]:
     """The models of a file, the default first: ids from member names (``--alias``
-    renames the default model), which are embedding models, which can see."""
+    renames the default model), which are embedding models, which can see, and each one's
+    own options (``--model-args NAME=ARGS``, NAME its id or member name). Raises
+    :class:`~pyfile.runtime.errors.UsageError` for a NAME the file does not hold."""
     names = manifest.names("model")
     default = manifest.default_model
     if default in names:
@@ -372,7 +375,29 @@ def entries_of(manifest: Any, alias: Optional[str] = None) -> List[ModelEntry]:
             id=alias if alias and name == default else model_id(name), member=name,
             summary=summary, embedding=isinstance(pooling, int) and pooling > 0,
             vision=manifest.mmproj(name) is not None))
+    import shlex
+    from ..errors import UsageError
+    for spec in model_args or []:
+        name, sep, args = spec.partition("=")
+        entry = next((e for e in out if name in (e.id, e.member)), None)
+        if not sep or entry is None:
+            raise UsageError(f"--model-args {spec!r}: expected NAME=ARGS with NAME one of "
+                             f"{', '.join(e.id for e in out)}")
+        try:
+            entry.args += shlex.split(args)
+        except ValueError as e:
+            raise UsageError(f"--model-args {spec!r}: {e}") from None
     return out
+
+
+def model_options(opts: Any, args: List[str]) -> Any:
+    """The server's options with one model's own (``--model-args``) on top: only the flags
+    given there change."""
+    if not args:
+        return opts
+    import copy
+    from ..options import parser
+    return parser().parse_args(args, namespace=copy.copy(opts))
 
 
 def serve_models(path: str, manifest: Any, opts: Any) -> Tuple["Router", Any]:
@@ -388,12 +413,13 @@ def serve_models(path: str, manifest: Any, opts: Any) -> Tuple["Router", Any]:
         record = manifest.entry(entry.member) or {}
         source = ModelSource(os.path.abspath(path), int(record["offset"]),
                              int(record["size"]), entry.member)
-        loaded = LoadedModel(source, opts, manifest, path)
+        mopts = model_options(opts, entry.args)
+        loaded = LoadedModel(source, mopts, manifest, path)
         state = ServerState(loaded.llm, loaded.engine, entry.id,
-                            f"{source.path}#{source.name}", opts,
+                            f"{source.path}#{source.name}", mopts,
                             loaded.loader.selection.line(), guard=loaded.loader.guard(),
                             embedder=loaded.embedder)
-        attach(state, loaded.engine, loaded.model, source, opts, manifest, path)
+        attach(state, loaded.engine, loaded.model, source, mopts, manifest, path)
         state.pyfile_loaded = loaded
         loaded.engine.start()
         return state
@@ -410,7 +436,8 @@ def serve_models(path: str, manifest: Any, opts: Any) -> Tuple["Router", Any]:
         loaded.L.llama_free(loaded.ctx)
         loaded.llm.close()
 
-    router = Router(entries_of(manifest, getattr(opts, "alias", None)), load, unload,
+    router = Router(entries_of(manifest, getattr(opts, "alias", None),
+                               getattr(opts, "model_args", None)), load, unload,
                     getattr(opts, "models_max", 4), getattr(opts, "sleep_idle_seconds", None))
 
     def fallback() -> Any:
