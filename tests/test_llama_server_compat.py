@@ -402,3 +402,45 @@ def test_a_quantized_v_cache_without_flash_attention_is_one_line_and_exit_1(smol
     assert r.returncode == 1, r.stderr
     lines = [x for x in r.stderr.splitlines() if "could not create a context" in x]
     assert len(lines) == 1 and "-fa on" in lines[0] and "Traceback" not in r.stderr
+
+
+# -- resumable streams -----------------------------------------------------------------------
+
+def test_a_stream_with_a_conversation_id_outlives_its_connection_and_resumes(srv):
+    import http.client
+    from urllib.parse import quote, urlparse
+    u = urlparse(srv.url)
+    conv = "chat-7::org/some-model"  # a model name with a slash, as the web UI sends
+    body = {"messages": [{"role": "user", "content": "Tell me a long story about Paris."}],
+            "max_tokens": 40, "temperature": 0, "stream": True}
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request("POST", "/v1/chat/completions", json.dumps(body),
+              {"Content-Type": "application/json", "X-Conversation-Id": conv})
+    r = c.getresponse()
+    assert r.status == 200
+    first = r.read1(100)
+    c.close()  # the client goes away; the generation goes on
+    for _ in range(300):
+        status, found = post(srv, "v1/streams/lookup", {"conversation_ids": ["chat-7"]})
+        if found and found[0]["is_done"]:
+            break
+        time.sleep(0.1)
+    assert status == 200 and found[0]["conversation_id"] == conv and found[0]["is_done"]
+    assert post(srv, "v1/streams/lookup", {"conversation_ids": ["chat-8"]})[1] == []
+    url = f"v1/stream?conv_id={quote(conv)}"
+    whole = get(srv, url + "&from=0")[2]
+    assert whole.startswith(first.decode()) and whole.endswith("data: [DONE]\n\n")
+    assert len(whole) == found[0]["total_bytes"] > len(first)
+    deltas = [json.loads(e[6:])["choices"] for e in whole.split("\n\n")
+              if e.startswith("data: {")]
+    text = "".join(ch[0]["delta"].get("content") or "" for ch in deltas if ch)
+    plain = post(srv, "v1/chat/completions", dict(body, stream=False))[1]
+    assert text == plain["choices"][0]["message"]["content"]
+    assert first.decode() + get(srv, url + f"&from={len(first)}")[2] == whole
+    req = urllib.request.Request(srv.url + url, method="DELETE")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+    for bad, code in ((url, 404), ("v1/stream", 400)):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            get(srv, bad)
+        assert e.value.code == code

@@ -14,6 +14,8 @@ slot's next token in one batch (:mod:`.scheduler`). The rest of the package:
 - ``sampling.py``    a request's sampler chain
 - ``chat.py``        chat templates, JSON-schema grammars, tool calls
 - ``embed.py``       embeddings and reranking
+- ``prompts.py``     llama-server's prompt forms (text, token ids, mixes, several prompts)
+- ``streams.py``     resumable streams (``X-Conversation-Id``, ``/v1/stream``)
 - ``api/openai.py``  /v1/chat/completions, /v1/completions, /v1/models, /v1/responses
 - ``api/native.py``  llama-server's /completion, /tokenize, /props, /slots, /metrics, ...
 - ``api/anthropic.py``  /v1/messages, /v1/messages/count_tokens
@@ -95,6 +97,8 @@ def create_app(state: ServerState) -> Any:
         async def index() -> HTMLResponse:
             return HTMLResponse(web_chat_html())
 
+    from . import streams
+    app.include_router(streams.router())
     app.include_router(native.router(state))
     app.include_router(openai.router(state))
     app.include_router(anthropic.router(state))

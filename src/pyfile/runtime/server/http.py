@@ -218,6 +218,12 @@ CURRENT_RECEIVE: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pyfile_
                                                                          default=None)
 
 
+#: The ASGI scope of the request being handled (set by :class:`ClientWatch`): :func:`sse`
+#: reads its ``X-Conversation-Id`` (a resumable stream, :mod:`.streams`).
+CURRENT_SCOPE: "contextvars.ContextVar[Any]" = contextvars.ContextVar("pyfile_scope",
+                                                                      default=None)
+
+
 class ClientWatch:
     """ASGI middleware: lets a handler that waits for a whole generation (no stream) learn
     that its client hung up (:data:`CURRENT_RECEIVE`), so the slot is freed at once instead
@@ -230,9 +236,11 @@ class ClientWatch:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         token = CURRENT_RECEIVE.set(receive)
+        scope_token = CURRENT_SCOPE.set(scope)
         try:
             await self.app(scope, receive, send)
         finally:
+            CURRENT_SCOPE.reset(scope_token)
             CURRENT_RECEIVE.reset(token)
 
 
@@ -292,7 +300,8 @@ def sse(events: AsyncIterator[bytes], on_close: Callable[[], None],
         flavor: str = "openai") -> StreamingResponse:
     """Stream ``events``; an error mid-stream becomes an error event; ``on_close`` runs when
     the stream ends for any reason (a disconnect included), synchronously: anyio cancels
-    every further ``await`` in a cancelled task's ``finally``."""
+    every further ``await`` in a cancelled task's ``finally``. With ``X-Conversation-Id``,
+    the stream is resumable (:mod:`.streams`): a disconnect no longer ends it."""
 
     async def wrapped() -> AsyncIterator[bytes]:
         try:
@@ -307,8 +316,11 @@ def sse(events: AsyncIterator[bytes], on_close: Callable[[], None],
         finally:
             on_close()
 
-    return StreamingResponse(wrapped(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    from .streams import SSE_HEADERS, conversation_id, resumable
+    conv_id = conversation_id(CURRENT_SCOPE.get())
+    if conv_id:  # llama-server's resumable stream: it outlives this connection
+        return resumable(conv_id, wrapped())
+    return StreamingResponse(wrapped(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def web_chat_html() -> bytes:
