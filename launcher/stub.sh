@@ -129,7 +129,7 @@ pyfile_unpack() {
         if [ -z "$pyfile_sum" ]; then
             echo "pyfile: this file needs sha256sum (coreutils or busybox) to unpack its interpreter once" >&2
         else
-            echo "pyfile: $pyfile_self: its interpreter for $pyfile_m is damaged (SHA-256 mismatch at offset $pyfile_off); download the file again" >&2
+            echo "pyfile: $pyfile_self: damaged or truncated pyfile (its interpreter for $pyfile_m fails its SHA-256 check); download the file again" >&2
         fi
         return 2
     fi

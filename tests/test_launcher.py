@@ -20,6 +20,15 @@ def tiny_pyfile(tmp_path, tiny_gguf):
     return out
 
 
+@pytest.fixture
+def searching_pyfile(tmp_path, tiny_gguf):
+    """A file that carries no interpreter (--slim): its stub looks for a Python on PATH."""
+    out = tmp_path / "slim.pyfile"
+    r = pyfile_cli("build", str(tiny_gguf), "-o", str(out), "--slim")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_each_shell_runs_it(tiny_pyfile, shell):
     need(shell)
@@ -83,9 +92,9 @@ def test_piping_into_a_shell_is_refused(tmp_path, tiny_pyfile):
     assert b"syntax error" not in r.stderr.lower()
 
 
-def test_no_python_found(tmp_path, tiny_pyfile):
+def test_no_python_found(tmp_path, searching_pyfile):
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
-    r = subprocess.run(["/bin/sh", str(tiny_pyfile), "--version"], capture_output=True,
+    r = subprocess.run(["/bin/sh", str(searching_pyfile), "--version"], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 127
     assert "no Python 3.9 or newer found" in r.stderr and "PYFILE_PYTHON" in r.stderr
@@ -99,14 +108,14 @@ def test_pyfile_python_override(tmp_path, tiny_pyfile):
     assert r.returncode == 127 and "PYFILE_PYTHON" in r.stderr
 
 
-def test_too_old_python_is_skipped(tmp_path, tiny_pyfile):
+def test_too_old_python_is_skipped(tmp_path, searching_pyfile):
     fake = tmp_path / "bin"
     fake.mkdir()
     old = fake / "python3"
     old.write_text("#!/bin/sh\nexit 1\n")  # answers the version check with "too old"
     old.chmod(0o755)
     env = {"PATH": str(fake), "HOME": str(tmp_path)}
-    r = subprocess.run(["/bin/sh", str(tiny_pyfile), "--version"], capture_output=True,
+    r = subprocess.run(["/bin/sh", str(searching_pyfile), "--version"], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 127 and "tried: python3" in r.stderr, r.stderr
 

@@ -6,18 +6,20 @@ import contextlib
 import os
 import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__, elf, gguf, stub
 from .atomic import atomic_output
 from .runtime.container import argsfile
 from .runtime.container.archive import ARGS_NAME, LOCAL_SIG
 from .runtime.backend.engine import ENGINE_VERSION, GGUF_MAGIC
+from .runtime.container.bundle import INTERPRETER_KIND, INTERPRETER_MEMBER
 from .runtime.container.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter, deflate, smaller_deflate
 
 if TYPE_CHECKING:  # the variants' module is imported when a build gets to them
+    from .carried import Carried
     from .variants import VariantDir
 
 #: 64 KiB: a page on every system (4, 16 and 64 KiB pages), and it makes the kernel's copy of
@@ -85,11 +87,12 @@ def runtime_sources() -> List[Tuple[str, bytes]]:
 Prepared = Tuple[str, int, int, str, Optional[bytes], Optional[bytes]]
 
 
-def runtime_members() -> List[Prepared]:
+def runtime_members(carried_python: Optional[Tuple[str, str]] = None) -> List[Prepared]:
     """The runtime's sources and their bytecode for this interpreter (:func:`stub.bytecode`)
-    with their digests and deflate streams, kept in the build cache as one object keyed by
-    the sources and the interpreter's bytecode version: a warm build reads the sources and
-    one file instead of hashing, compressing and loading ~60 members (20-30 ms)."""
+    and for ``carried_python`` ((path, identity) of the carried interpreter that runs here:
+    :func:`stub.foreign_bytecode`) with their digests and deflate streams, kept in the
+    build cache as one object keyed by the sources and the interpreters: a warm build reads
+    the sources and one file instead of hashing, compressing and loading ~60 members."""
     import hashlib
     import marshal
     from importlib.util import MAGIC_NUMBER
@@ -100,10 +103,15 @@ def runtime_members() -> List[Prepared]:
     h = hashlib.sha256(MAGIC_NUMBER + f"{stub.MARSHAL_VERSION}|deflate6".encode())
     for name, data in sources:
         h.update(b"\0%s\0%d\0" % (name.encode(), len(data)) + data)
+    if carried_python:
+        h.update(f"carried:{carried_python[1]}".encode())
 
     def make() -> bytes:
         out = []
-        for name, data in sources + stub.bytecode(sources):
+        own = stub.bytecode(sources)
+        foreign = stub.foreign_bytecode(carried_python[0], sources) if carried_python else []
+        foreign = [(n, d) for n, d in foreign if n not in {m for m, _ in own}]  # same tag
+        for name, data in sources + own + foreign:
             deflated = smaller_deflate(data)  # kept alone when it pays, else the bytes
             out.append((name, len(data), crc32(data), hashlib.sha256(data).hexdigest(),
                         data if deflated is None else None, deflated))
@@ -241,6 +249,7 @@ class RuntimeOptions:
     wheel_dir: Optional[str] = None  # build offline from this folder of wheels
     engine_wheel: Optional[str] = None  # pack this llama-cpp-python wheel
     allow_unportable_engine: bool = False  # pack a native/new-glibc engine anyway
+    arches: Optional[str] = None  # "x86_64,aarch64"; None = every carried interpreter
 
 
 def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
@@ -276,6 +285,13 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         variants = read_specs(list(backends))
     from . import wheels
     pythons = wheels.parse_pythons(runtime.pythons)
+    from . import carried
+    # A default file carries its interpreter (one per machine) and the runtime for it; a
+    # --python or --slim one runs on a Python found on the target.
+    carry_notes: List[str] = []
+    carry = carried.for_build(runtime.arches, runtime.slim, runtime.pythons, carry_notes)
+    if carry:
+        pythons = [carried.PYTHON_MINOR]
     _check_output(output, [model, *extras, *([mmproj] if mmproj else [])])
     workdir = os.path.dirname(os.path.abspath(output))
     with contextlib.ExitStack() as stack:
@@ -304,22 +320,28 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
         if on_start:
             on_start(sum(s.size for s in sources))
         with atomic_output(output) as f:
-            f.write(stub.render())
+            head = stub.render()
+            f.write(head)
             w = ZipWriter(f, epoch=epoch)
             try:
                 notes = _write_members(w, sources, args_text, align, progress, variants,
-                                       runtime, pythons, gpu_variants, sha256, pairs)
+                                       runtime, pythons, gpu_variants, sha256, pairs, carry)
             except BaseException:
                 w.abort()
                 raise
+            if carry:  # the stub learns where its interpreters are (same length: in place)
+                f.flush()
+                os.pwrite(f.fileno(), stub.carried_table(carried.stub_table(w.entries, carry)),
+                          stub.carried_offset(head))
             size = f.tell()
-    return BuildResult(output, size, w.entries, notes)
+    return BuildResult(output, size, w.entries, carry_notes + notes)
 
 
 def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: int,
                    progress: Progress, variants: Dict[str, VariantDir],
                    runtime: RuntimeOptions, pythons: List[str], gpu_variants: bool,
-                   sha256: bool, pairs: Dict[str, str]) -> List[str]:
+                   sha256: bool, pairs: Dict[str, str],
+                   carry: Sequence["Carried"] = ()) -> List[str]:
     """Every member and the central directory; the notes for the user.
 
     The weights come first, right after the stub, and are copied in the background: the
@@ -342,11 +364,19 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
     rt_bundle = None
     if not runtime.slim:
         from . import bundle, engines
-        engine = engines.find_engine(runtime.engine_wheel, runtime.allow_unportable_engine)
+        allow = runtime.allow_unportable_engine
+        if carry:  # the runtime of each carried interpreter, on its machine's engine
+            engine: object = {c.arch: engines.find_engine(
+                runtime.engine_wheel if c.arch == "x86_64" else None, allow, c.arch)
+                for c in carry}
+        else:
+            engine = engines.find_engine(runtime.engine_wheel, allow)
         rt_bundle = bundle.assemble(engine, pythons, runtime.wheel_dir)
         if not runtime.allow_unportable_engine:
             bundle.check_targets(rt_bundle)
-    for name, size, crc, digest, data, deflated in runtime_members():
+    here = [c for c in carry if c.arch == os.uname().machine]
+    for name, size, crc, digest, data, deflated in runtime_members(
+            (os.path.join(here[0].tree(), "bin", "python3"), here[0].sha256) if here else None):
         w.add_prepared(name, data, size, crc, digest, deflated)
         kinds[name] = ("runtime", 1)
     variant_records = {}
@@ -364,6 +394,12 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
         w.start_stream(rt_bundle.member, rt_bundle.path, 0, os.path.getsize(rt_bundle.path),
                        align=DEFAULT_ALIGN, sha256=not rt_bundle.sha256)  # known: not redone
         kinds[rt_bundle.member] = ("runtime-bundle", DEFAULT_ALIGN)
+    known_sha: Dict[str, str] = {}
+    for c in carry:  # where the stub's dd can seek to: a 64 KiB boundary
+        name = INTERPRETER_MEMBER.format(machine=c.arch)
+        w.start_stream(name, c.tarball, 0, c.size, align=DEFAULT_ALIGN, sha256=False)
+        kinds[name] = (INTERPRETER_KIND, DEFAULT_ALIGN)
+        known_sha[name] = c.sha256
 
     man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=w.epoch,
                    engine=rt_bundle.engine if rt_bundle is not None else None)
@@ -371,6 +407,7 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
         kind, member_align = kinds[entry.name]
         if kind == "runtime-bundle" and rt_bundle.sha256:
             entry.sha256 = rt_bundle.sha256
+        entry.sha256 = known_sha.get(entry.name, entry.sha256)
         man.add_member(entry, kind, member_align)
     record_models(man, sources, pairs)
     man.variants = variant_records

@@ -23,10 +23,11 @@ import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import buildcache, engines, wheels
-from .runtime.container import atomic, versions
+from .runtime.container import versions
+from .runtime.container import atomic
 from .runtime.container.bundle import BUNDLE_FORMAT, INDEX_NAME, OBJECT_PREFIX, XZ_SUFFIX, target_key
 from .runtime.errors import InputError
 
@@ -56,17 +57,23 @@ class Target:
     libc_version: str
     files: Dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
     links: Dict[str, str] = field(default_factory=dict)  # path -> file name in its folder
+    machine: str = "x86_64"
 
     @property
     def tag(self) -> str:
-        return f"cpython-{self.python.replace('.', '')}-linux-x86_64-glibc"
+        return f"cpython-{self.python.replace('.', '')}-linux-{self.machine}-glibc"
+
+    @property
+    def index_key(self) -> str:
+        """This target's name in the bundle's index ("3.13"; "3.13-aarch64" off x86-64)."""
+        return self.python if self.machine == "x86_64" else f"{self.python}-{self.machine}"
 
     def record(self) -> Dict[str, object]:
         """What the manifest says about this target (enough to pick it without unzipping)."""
         return {"tag": self.tag, "implementation": "cpython", "python": self.python,
-                "os": "linux", "machine": "x86_64", "libc": "glibc",
+                "os": "linux", "machine": self.machine, "libc": "glibc",
                 "libc_version": self.libc_version, "member": MEMBER_NAME,
-                "key": target_key(self.files, self.links)}
+                "index": self.index_key, "key": target_key(self.files, self.links)}
 
 
 @dataclass
@@ -120,40 +127,46 @@ def _group(package: str) -> str:
     return "other"
 
 
-def assemble(engine: engines.Engine, pythons: List[str],
+def assemble(engine: Union[engines.Engine, Dict[str, engines.Engine]], pythons: List[str],
              wheel_dir: Optional[str] = None) -> Bundle:
-    """The bundle for ``engine`` and each CPython in ``pythons`` (cached by its inputs)."""
-    engine_floor = versions.parse(engines.glibc_floor(engine))
-    folders = {py: wheels.fetch(py, wheel_dir) for py in pythons}
+    """The bundle for each CPython in ``pythons`` on each machine: ``engine`` is the x86-64
+    engine, or a dict machine -> engine (cached by its inputs)."""
+    by_machine = engine if isinstance(engine, dict) else {"x86_64": engine}
+    machines = sorted(by_machine, key=lambda m: (m != "x86_64", m))
+    folders = {(py, m): wheels.fetch(py, wheel_dir, m) for m in machines for py in pythons}
     h = hashlib.sha256(f"{BUNDLE_FORMAT}|{SKIP.pattern}".encode())
-    if engine.identity:
-        h.update(f"engine:{engine.identity}".encode())
-    else:
-        for rel in sorted(engine.files):
-            h.update(rel.encode() + b"\0" + hashlib.sha256(engine.files[rel]).digest())
-    for py in pythons:
-        names = sorted(n for n in os.listdir(folders[py]) if n.endswith(".whl"))
-        h.update(f"{py}:{','.join(names)}".encode())
+    for m in machines:  # (an x86-64-only bundle keeps the key it had before aarch64)
+        eng = by_machine[m]
+        h.update(b"" if m == "x86_64" else f"machine:{m}".encode())
+        if eng.identity:
+            h.update(f"engine:{eng.identity}".encode())
+        else:
+            for rel in sorted(eng.files):
+                h.update(rel.encode() + b"\0" + hashlib.sha256(eng.files[rel]).digest())
+        for py in pythons:
+            names = sorted(n for n in os.listdir(folders[py, m]) if n.endswith(".whl"))
+            h.update(f"{py}:{','.join(names)}".encode())
     cache = buildcache.folder("bundles")
     path = os.path.join(cache, f"runtime-{h.hexdigest()[:24]}.zip")
     index_path = path[:-4] + ".json"
     hit = _load_index(index_path) if os.path.isfile(path) else None
     if hit is not None:
-        return Bundle(path, hit[0], hit[1], engine.version, sha256=hit[2])
+        return Bundle(path, hit[0], hit[1], by_machine[machines[0]].version, sha256=hit[2])
 
     objects: Dict[str, bytes] = {}
     groups: Dict[str, str] = {}
     targets: List[Target] = []
-    for py in pythons:
-        files = dict(engine.load().files)
-        floor = engine_floor
-        for wheel in sorted(os.listdir(folders[py])):
+    for m, py in ((m, py) for m in machines for py in pythons):
+        eng = by_machine[m]
+        files = dict(eng.load().files)
+        floor = versions.parse(engines.glibc_floor(eng))
+        for wheel in sorted(os.listdir(folders[py, m])):
             if not wheel.endswith(".whl"):
                 continue
-            full = os.path.join(folders[py], wheel)
+            full = os.path.join(folders[py, m], wheel)
             floor = max(floor, _glibc_of(full))
             files.update(_wheel_files(full))
-        target = Target(py, ".".join(map(str, floor)))
+        target = Target(py, ".".join(map(str, floor)), machine=m)
         first_in_dir: Dict[Tuple[str, str], str] = {}
         for rel in sorted(files):
             data = files[rel]
@@ -167,12 +180,14 @@ def assemble(engine: engines.Engine, pythons: List[str],
                 first_in_dir[(folder, sha)] = base
             target.files[rel] = sha
             objects.setdefault(sha, data)
-            groups.setdefault(sha, _group(rel))
+            group = _group(rel)  # per machine where machines differ; shared files alone
+            groups.setdefault(sha, group if len(machines) == 1 or group == "other"
+                              else f"{group} ({m})")
         targets.append(target)
     sizes = _write(path, objects, groups, targets)
     digest = _file_sha256(path)
     _save_index(index_path, targets, sizes, digest)
-    return Bundle(path, targets, sizes, engine.version, sha256=digest)
+    return Bundle(path, targets, sizes, by_machine[machines[0]].version, sha256=digest)
 
 
 def _load_index(index_path: str) -> Optional[Tuple[List[Target], Dict[str, int], str]]:
@@ -235,7 +250,7 @@ def _write(path: str, objects: Dict[str, bytes], groups: Dict[str, str],
                 group = groups[sha]
                 sizes[group] = sizes.get(group, 0) + zf.getinfo(zi.filename).compress_size
             index = {"format": BUNDLE_FORMAT, "xz": big,
-                     "targets": {t.python: {"files": t.files, "links": t.links}
+                     "targets": {t.index_key: {"files": t.files, "links": t.links}
                                  for t in targets}}
             zi = zipfile.ZipInfo(INDEX_NAME, date_time=ZIP_DATE)
             zf.writestr(zi, json.dumps(index, sort_keys=True), compress_type=zipfile.ZIP_DEFLATED)

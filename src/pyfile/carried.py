@@ -25,6 +25,7 @@ version, which is the x86-64 one made first.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import gzip
 import hashlib
@@ -84,6 +85,9 @@ SOURCES = (
 #: Position-independent, optimised, and without UBSan (zig turns it on in unoptimised
 #: compiles, which configure's test programs are; CPython trips it).
 CFLAGS = "-O2 -fPIC -fno-sanitize=undefined"
+#: zig makes __DATE__/__TIME__ an error in optimised builds; CPython's getbuildinfo.c uses
+#: them (the build date sys.version shows).
+PYTHON_CFLAGS = CFLAGS + " -Wno-date-time"
 OPENSSL_OPTIONS = ("no-shared", "no-module", "no-tests", "no-docs", "no-asm", "no-legacy",
                    "no-engine", "no-comp", "no-srp", "no-gost", "no-idea", "no-seed",
                    "no-camellia", "no-aria", "no-sm2", "no-sm3", "no-sm4", "no-whirlpool",
@@ -142,11 +146,18 @@ class Carried:
         return os.path.join(self.folder, "tree")
 
 
-def build_key(arch: str) -> str:
+def deps_key(arch: str) -> str:
+    """What the C libraries of ``arch`` were made from (they are cached on their own)."""
     from .engines import ZIG_VERSION
-    text = "|".join([PYTHON_VERSION, arch, ZIG_VERSION, TARGET_GLIBC, str(RECIPE), CFLAGS,
-                     *(s.sha256 for s in SOURCES), *OPENSSL_OPTIONS, *UNWANTED_MODULES,
-                     *CONFIGURE_FLAGS, STDLIB_DROP.pattern])
+    text = "|".join([arch, ZIG_VERSION, TARGET_GLIBC, str(RECIPE), CFLAGS,
+                     *(s.sha256 for s in SOURCES if s.name != "Python"), *OPENSSL_OPTIONS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_key(arch: str) -> str:
+    text = "|".join([PYTHON_VERSION, deps_key(arch), PYTHON_CFLAGS,
+                     *(s.sha256 for s in SOURCES), *UNWANTED_MODULES, *CONFIGURE_FLAGS,
+                     STDLIB_DROP.pattern])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -260,9 +271,9 @@ def _unpack(tarball: str, into: str) -> str:
     return os.path.join(into, top)
 
 
-def _env(tools: Dict[str, str], deps: str) -> Dict[str, str]:
+def _env(tools: Dict[str, str], deps: str, cflags: str = CFLAGS) -> Dict[str, str]:
     env = dict(os.environ, CC=tools["cc"], CXX=tools["c++"], AR=tools["ar"],
-               RANLIB=tools["ranlib"], CFLAGS=CFLAGS, CPPFLAGS=f"-I{deps}/include",
+               RANLIB=tools["ranlib"], CFLAGS=cflags, CPPFLAGS=f"-I{deps}/include",
                LDFLAGS=f"-L{deps}/lib")
     for var in ("MAKEFLAGS", "PYTHONPATH", "PYTHONHOME", "CONFIG_SITE"):
         env.pop(var, None)
@@ -327,14 +338,15 @@ def _deps(arch: str, srcs: Dict[str, str], tools: Dict[str, str], host_cc: str, 
 
 def _configure_python(arch: str, src: str, tools: Dict[str, str], deps: str,
                       build_python: Optional[str], log: str) -> None:
-    env = _env(tools, deps)
+    env = _env(tools, deps, PYTHON_CFLAGS)
     lib = f"{deps}/lib"
     env.update({
         "LIBFFI_CFLAGS": f"-I{deps}/include", "LIBFFI_LIBS": f"-L{lib} -lffi",
         "ZLIB_CFLAGS": f"-I{deps}/include", "ZLIB_LIBS": f"-L{lib} -lz",
         "LIBLZMA_CFLAGS": f"-I{deps}/include", "LIBLZMA_LIBS": f"-L{lib} -llzma",
         "LIBSQLITE3_CFLAGS": f"-I{deps}/include", "LIBSQLITE3_LIBS": f"-L{lib} -lsqlite3",
-        "PKG_CONFIG_LIBDIR": f"{lib}/pkgconfig", "PKG_CONFIG_PATH": "",
+        # Not pkg-config: the libraries were installed under their build folder's name.
+        "PKG_CONFIG_LIBDIR": os.path.join(deps, "no-pkg-config"), "PKG_CONFIG_PATH": "",
         "LDFLAGS": f"-L{lib} -s",
     })
     args = ["./configure", f"--host={arch}-linux-gnu", "--build=x86_64-linux-gnu",
@@ -450,18 +462,24 @@ def build(arch: str, jobs: Optional[int] = None, progress: Progress = None,
     found = cached(arch)
     if found and not force:
         return found
-    build_python = None
-    if arch != "x86_64":  # cross-compiling CPython needs the same version for the build
-        host = build("x86_64", jobs, progress)
-        build_python = os.path.join(host.tree(), "bin", "python3")
     target = target_folder(arch)
-    if force and os.path.isdir(target):
-        shutil.rmtree(target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    # One build per machine at a time (two `make setup`s, or the aarch64 build waiting for
+    # the x86-64 interpreter it cross-compiles with); the one that waited finds it done.
+    with open(f"{target}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = cached(arch)
+        if found and not force:
+            return found
+        if force and os.path.isdir(target):
+            shutil.rmtree(target)
+        return _build_locked(arch, target, jobs or os.cpu_count() or 2, progress)
+
+
+def _build_locked(arch: str, target: str, jobs: int, progress: Progress) -> Carried:
     log = os.path.join(os.path.dirname(target), f"build-{arch}-{build_key(arch)}.log")
     with open(log, "w"):
         pass
-    jobs = jobs or os.cpu_count() or 2
 
     def say(pct: int, stage: str) -> None:
         if progress:
@@ -473,8 +491,15 @@ def build(arch: str, jobs: Optional[int] = None, progress: Progress = None,
     host_cc = toolchain("x86_64", log)["cc"]
     with buildcache.publishing(target) as pub, tempfile.TemporaryDirectory(
             prefix=f"pyfile-python-{arch}-") as work:
-        deps = os.path.join(work, "deps")
-        _deps(arch, srcs, tools, host_cc, work, deps, jobs, log, say)
+        deps = os.path.join(buildcache.folder("python"), f"deps-{arch}-{deps_key(arch)}")
+        if not os.path.isfile(os.path.join(deps, "lib", "libssl.a")):
+            with buildcache.publishing(deps) as made:  # kept: a failed CPython step reuses it
+                _deps(arch, srcs, tools, host_cc, work, made, jobs, log, say)
+        build_python = None
+        if arch != "x86_64":  # cross-compiling CPython needs the same version to build it
+            say(44, "waiting for the x86_64 interpreter")
+            host = build("x86_64", jobs, progress)
+            build_python = os.path.join(host.tree(), "bin", "python3")
         say(45, "configuring CPython")
         src = _unpack(srcs["Python"], work)
         _configure_python(arch, src, tools, deps, build_python, log)
@@ -487,7 +512,7 @@ def build(arch: str, jobs: Optional[int] = None, progress: Progress = None,
                 if count[0] % 20 == 0:
                     say(min(50 + count[0] * 40 // 600, 89), "compiling CPython")
 
-        _run(["make", f"-j{jobs}"], src, log, _env(tools, deps), on_line)
+        _run(["make", f"-j{jobs}"], src, log, _env(tools, deps, PYTHON_CFLAGS), on_line)
         say(90, "packing")
         tree = os.path.join(pub, "tree")
         _stage(src, tree, arch)
@@ -539,9 +564,14 @@ def for_build(arches: Optional[str], slim: bool, pythons: Optional[str],
         return []
     how = (f"run 'pyfile python build' once (CPython {PYTHON_VERSION} for x86-64 and "
            f"aarch64, about 15 minutes each on 2 cores)")
+    from .engines import cached_wheels
     out, missing = [], []
     for arch in parse_arches(arches):
         found = cached(arch)
+        if found is not None and arch != "x86_64" and not arches and not cached_wheels(arch):
+            found = None  # no engine for it yet ('pyfile engine build --arch ...'): left out
+            how = (f"run 'pyfile engine build --arch {arch}' once (cross-compiled, about "
+                   f"15 minutes on 2 cores)")
         if found is None:
             if arches:
                 raise InputError(f"no carried {arch} interpreter: {how}, or leave {arch} "
@@ -550,7 +580,7 @@ def for_build(arches: Optional[str], slim: bool, pythons: Optional[str],
         else:
             out.append(found)
     if missing and out:
-        notes.append(f"no carried interpreter for {', '.join(missing)} (the file runs on "
+        notes.append(f"the file leaves out {', '.join(missing)} (it runs on "
                      f"{', '.join(c.arch for c in out)} only): {how}")
     elif missing:
         notes.append(f"no carried interpreter, so the file needs Python 3.9+ on the target: "

@@ -70,8 +70,12 @@ def cli() -> None:
               help="Leave out the GPU variants packed by default (those in $PYFILE_VARIANTS).")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
+@click.option("--arch", "arches", default=None, metavar="MACHINE[,MACHINE]",
+              help="Carry the interpreter for these machines only: x86_64, aarch64 "
+                   "(default: both).")
 @click.option("--python", "pythons", default=None, metavar="3.X,3.Y",
-              help="Carry runtimes for these CPython versions only (default: 3.9 to 3.14).")
+              help="Carry no interpreter but runtimes for these CPython versions (of "
+                   "3.9 to 3.14) found on the target.")
 @click.option("--wheels", "wheel_dir", default=None, type=click.Path(),
               help="Take the runtime's wheels from this folder (offline) instead of the index.")
 @click.option("--engine", "engine_wheel", default=None, type=click.Path(),
@@ -88,7 +92,8 @@ def cli() -> None:
 def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], no_gpu_variants: bool, slim: bool,
           pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
-          sha256: bool, allow_unportable_engine: bool, mmproj: Optional[str]) -> None:
+          sha256: bool, allow_unportable_engine: bool, mmproj: Optional[str],
+          arches: Optional[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT.
 
     EXTRA may hold more models (the file serves them all; MODEL is the default) and
@@ -98,7 +103,8 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     if args_file is not None:
         args_text = args_file.read()
     bar = _Bar("building")
-    runtime = RuntimeOptions(slim, pythons, wheel_dir, engine_wheel, allow_unportable_engine)
+    runtime = RuntimeOptions(slim, pythons, wheel_dir, engine_wheel, allow_unportable_engine,
+                             arches)
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), runtime=runtime,
@@ -206,18 +212,48 @@ def engine() -> None:
               help="Build from this llama-cpp-python sdist instead of downloading it.")
 @click.option("-j", "--jobs", default=None, type=int, help="Parallel compile jobs.")
 @click.option("--force", is_flag=True, help="Build again even if a cached engine exists.")
-def engine_build(source: Optional[str], jobs: Optional[int], force: bool) -> None:
-    """Compile llama-cpp-python for every x86-64 CPU and glibc 2.28+ (once; ~10 min).
+@click.option("--arch", default="x86_64", show_default=True,
+              type=click.Choice(["x86_64", "aarch64"]),
+              help="The machine to build for (aarch64 is cross-compiled).")
+def engine_build(source: Optional[str], jobs: Optional[int], force: bool, arch: str) -> None:
+    """Compile llama-cpp-python for every CPU of a machine and glibc 2.28+ (once; ~10 min).
 
     Prints the wheel's path on stdout; progress goes to stderr.
     """
     from .engines import build_engine
     progress = _StageProgress()
     try:
-        wheel = build_engine(source, jobs, progress.update, force)
+        wheel = build_engine(source, jobs, progress.update, force, arch)
     finally:
         progress.finish()
     click.echo(wheel)
+
+
+@cli.group()
+def python() -> None:
+    """The CPython every pyfile carries (built once per machine, cached, reused)."""
+
+
+@python.command("build")
+@click.option("--arch", "arches", default=None, metavar="MACHINE[,MACHINE]",
+              help="x86_64, aarch64 (default: both).")
+@click.option("-j", "--jobs", default=None, type=int, help="Parallel compile jobs.")
+@click.option("--force", is_flag=True, help="Build again even if a cached one exists.")
+def python_build(arches: Optional[str], jobs: Optional[int], force: bool) -> None:
+    """Compile CPython 3.13 and the C libraries its modules need for glibc 2.28+ with zig
+    (once per machine; ~15-25 min each on 2 cores).
+
+    Prints each interpreter's tar.gz on stdout; progress goes to stderr.
+    """
+    from . import carried
+    for arch in carried.parse_arches(arches):
+        progress = _StageProgress(f"the {arch} interpreter")
+        try:
+            found = carried.build(arch, jobs, lambda a, pct, stage: progress.update(
+                pct, f"{a}: {stage}"), force)
+        finally:
+            progress.finish()
+        click.echo(found.tarball)
 
 
 @engine.command("check")
@@ -246,14 +282,15 @@ def engine_toolchain() -> None:
 class _StageProgress:
     """A percentage bar on a terminal, a line per stage (and every 10%) otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "the engine") -> None:
+        self.what = what
         self.bar: Any = None
         self.last = (-1, "")
 
     def update(self, pct: int, stage: str) -> None:
         if sys.stderr.isatty():
-            if self.bar is None and stage == "compiling":
-                self.bar = click.progressbar(length=100, label="compiling the engine",
+            if self.bar is None and "compiling" in stage:
+                self.bar = click.progressbar(length=100, label=f"compiling {self.what}",
                                              file=sys.stderr, show_eta=True)
                 self.bar.__enter__()
             if self.bar is not None:

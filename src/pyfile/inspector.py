@@ -48,6 +48,8 @@ def describe(path: str) -> Dict[str, Any]:
             "runtimes": [{"python": r.get("python"), "libc": r.get("libc"),
                           "libc_version": r.get("libc_version"), "machine": r.get("machine")}
                          for r in arch.manifest.runtimes],
+            "interpreters": {m["name"].rsplit("-", 1)[-1].split(".")[0]: m["size"]
+                             for m in members if m["kind"] == "interpreter"},
         }
 
 
@@ -95,8 +97,15 @@ def format_text(info: Dict[str, Any]) -> str:
     if rts:
         floor = max((str(r.get("libc_version")) for r in rts),
                     key=versions.parse_or)
-        lines.append(f"runtime         CPython {', '.join(str(r['python']) for r in rts)} "
-                     f"on {rts[0].get('machine')} Linux, glibc {floor} or newer")
+        machines = sorted({str(r.get("machine")) for r in rts})
+        pythons = sorted({str(r["python"]) for r in rts}, key=versions.parse_or)
+        lines.append(f"runtime         CPython {', '.join(pythons)} "
+                     f"on {', '.join(machines)} Linux, glibc {floor} or newer")
+    carried = info.get("interpreters") or {}
+    if carried:
+        lines.append("interpreter     carried for " + ", ".join(
+            f"{m} ({size / 1e6:.1f} MB)" for m, size in sorted(carried.items()))
+            + ": the file needs nothing but Linux")
     else:
         lines.append("runtime         none (slim: the target needs llama-cpp-python installed)")
     baked = info["args"].strip()

@@ -48,6 +48,12 @@ NUMPY = {"3.9": "2.0.2", "3.10": "2.2.6", "3.11": "2.2.6", "3.12": "2.2.6", "3.1
          "3.14": "2.5.5"}
 #: Wheels that load on glibc 2.17+ or 2.28+ (the newest tag below the promised 2.31).
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
+MACHINES = ("x86_64", "aarch64")
+
+
+def platforms(machine: str = "x86_64") -> Tuple[str, ...]:
+    """The wheel platform tags for ``machine`` (the same glibc floors on every machine)."""
+    return tuple(p.replace("x86_64", machine) for p in PLATFORMS)
 MAX_ROUNDS = 5
 
 
@@ -70,11 +76,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _target_env(python: str) -> Dict[str, str]:
+def _target_env(python: str, machine: str = "x86_64") -> Dict[str, str]:
     return {"python_version": python, "python_full_version": f"{python}.0",
             "implementation_name": "cpython", "platform_python_implementation": "CPython",
             "implementation_version": f"{python}.0", "sys_platform": "linux",
-            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+            "platform_system": "Linux", "platform_machine": machine, "os_name": "posix",
             "platform_release": "", "platform_version": "", "extra": ""}
 
 
@@ -85,13 +91,13 @@ def _requirements(wheel: str) -> List[str]:
     return re.findall(r"^Requires-Dist: (.+)$", text, re.M)
 
 
-def missing_requirements(folder: str, python: str) -> List[str]:
+def missing_requirements(folder: str, python: str, machine: str = "x86_64") -> List[str]:
     """Requirements of the wheels in ``folder`` that apply to ``python`` but have no wheel."""
     from packaging.markers import Marker
     from packaging.requirements import Requirement
     have: Set[str] = {_norm(os.path.basename(w).split("-")[0])
                       for w in glob.glob(os.path.join(folder, "*.whl"))}
-    env = _target_env(python)
+    env = _target_env(python, machine)
     out: List[str] = []
     for wheel in sorted(glob.glob(os.path.join(folder, "*.whl"))):
         for text in _requirements(wheel):
@@ -103,12 +109,13 @@ def missing_requirements(folder: str, python: str) -> List[str]:
     return out
 
 
-def _download(python: str, names: Sequence[str], dest: str, find_links: Optional[str]) -> None:
+def _download(python: str, names: Sequence[str], dest: str, find_links: Optional[str],
+              machine: str = "x86_64") -> None:
     abi = "cp" + python.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
            "--only-binary", ":all:", "--python-version", python, "--implementation", "cp",
            "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", dest]
-    for p in PLATFORMS:
+    for p in platforms(machine):
         cmd += ["--platform", p]
     if find_links:
         cmd += ["--no-index", "--find-links", find_links]
@@ -124,39 +131,43 @@ def _download(python: str, names: Sequence[str], dest: str, find_links: Optional
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or \
             proc.stderr.strip().splitlines()[-1:]
         where = f"the folder {find_links}" if find_links else "the package index"
-        raise InputError(f"cannot get the wheels for CPython {python} from {where} "
+        raise InputError(f"cannot get the {machine} wheels for CPython {python} from {where} "
                          f"({' '.join(said)[:300]}); give --wheels DIR with them, or "
                          f"narrow --python")
 
 
-def fetch(python: str, wheel_dir: Optional[str] = None) -> str:
-    """A folder holding every wheel CPython ``python`` needs (cached unless ``wheel_dir``)."""
+def fetch(python: str, wheel_dir: Optional[str] = None, machine: str = "x86_64") -> str:
+    """A folder holding every wheel CPython ``python`` on ``machine`` needs (cached unless
+    ``wheel_dir``)."""
     if wheel_dir is not None and not os.path.isdir(wheel_dir):
         raise UsageError(f"--wheels {wheel_dir}: not a folder")
-    key = hashlib.sha256("|".join([python, *DEPENDENCIES, *PINS, NUMPY[python], *PLATFORMS,
+    key = hashlib.sha256("|".join([python, *DEPENDENCIES, *PINS, NUMPY[python],
+                                   *platforms(machine),
                                    os.path.abspath(wheel_dir or "")]).encode()).hexdigest()[:16]
-    target = os.path.join(buildcache.folder("wheels"), f"cp{python.replace('.', '')}-{key}")
+    tag = "" if machine == "x86_64" else f"-{machine}"
+    target = os.path.join(buildcache.folder("wheels"),
+                          f"cp{python.replace('.', '')}{tag}-{key}")
     if os.path.isdir(target):
         return target
     try:
         with buildcache.publishing(target) as work:
-            _fill(python, work, wheel_dir)
+            _fill(python, work, wheel_dir, machine)
     except OSError:  # no writable cache: a private folder for this build only
         work = tempfile.mkdtemp(prefix="pyfile-wheels-")
-        _fill(python, work, wheel_dir)
+        _fill(python, work, wheel_dir, machine)
         return work
     return target
 
 
-def _fill(python: str, work: str, wheel_dir: Optional[str]) -> None:
-    _download(python, DEPENDENCIES, work, wheel_dir)
+def _fill(python: str, work: str, wheel_dir: Optional[str], machine: str) -> None:
+    _download(python, DEPENDENCIES, work, wheel_dir, machine)
     for _ in range(MAX_ROUNDS):
-        missing = missing_requirements(work, python)
+        missing = missing_requirements(work, python, machine)
         if not missing:
             return
-        _download(python, missing, work, wheel_dir)
+        _download(python, missing, work, wheel_dir, machine)
     raise InputError(f"the wheels for CPython {python} never close over their requirements "
-                     f"(still missing: {', '.join(missing_requirements(work, python))})")
+                     f"(still missing: {', '.join(missing_requirements(work, python, machine))})")
 
 
 def wheel_tags(name: str) -> Tuple[str, str, str]:
@@ -165,5 +176,6 @@ def wheel_tags(name: str) -> Tuple[str, str, str]:
     return parts[-3], parts[-2], parts[-1]
 
 
-__all__ = ["SUPPORTED_PYTHONS", "DEPENDENCIES", "parse_pythons", "fetch",
+__all__ = ["SUPPORTED_PYTHONS", "DEPENDENCIES", "MACHINES", "platforms", "parse_pythons",
+           "fetch",
            "missing_requirements", "wheel_tags"]

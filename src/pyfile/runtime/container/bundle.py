@@ -26,6 +26,12 @@ INDEX_NAME = ".pyfile-runtime.json"
 OBJECT_PREFIX = "o/"
 XZ_SUFFIX = ".xz"  # a member holding an xz stream (stored), listed in the index's "xz"
 MAX_INDEX_BYTES = 16 << 20
+#: A carried interpreter (a tar.gz the stub unpacks and runs, see launcher/stub.sh): the
+#: manifest's kind for it and its member name.
+INTERPRETER_KIND = "interpreter"
+INTERPRETER_MEMBER = ".pyfile/python/cpython-{machine}.tar.gz"
+#: Set when a run re-executes the file through its carried interpreter (never twice).
+REEXEC_ENV = "PYFILE_REEXEC_FROM"
 
 
 def target_key(files: Dict[str, str], links: Dict[str, str]) -> str:
@@ -140,6 +146,7 @@ def activate(arch: Archive) -> Optional[str]:
         return None
     except ImportError:
         pass
+    _run_carried(arch)  # python3 model.pyfile with another Python: hand over to the file's
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if all(r.startswith("Python ") for r in reasons):
         raise EngineError(f"this pyfile runs on CPython {_pythons(runtimes)}, and this is "
@@ -149,6 +156,24 @@ def activate(arch: Archive) -> Optional[str]:
     raise EngineError(f"this pyfile's runtime does not fit this machine (it needs {other}): "
                       f"install the engine instead: {sys.executable} -m pip install "
                       f"{ENGINE_REQUIREMENT} fastapi uvicorn")
+
+
+def _run_carried(arch: Archive) -> None:
+    """Run the file again through the interpreter it carries for this machine (its stub
+    unpacks and starts it), if it carries one and this is not already that run."""
+    member = INTERPRETER_MEMBER.format(machine=os.uname().machine)
+    if (os.environ.get(REEXEC_ENV) or member not in arch.manifest.names(INTERPRETER_KIND)
+            or not os.path.exists("/bin/sh")):
+        return
+    env = dict(os.environ)
+    env[REEXEC_ENV] = sys.executable
+    env.pop("PYFILE_PYTHON", None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve("/bin/sh", ["/bin/sh", arch.path, *sys.argv[1:]], env)
+    except OSError:
+        pass
 
 
 def _extract(arch: Archive, rt: Dict[str, Any]) -> str:
@@ -181,7 +206,7 @@ def _unpack(arch: Archive, rt: Dict[str, Any], dest: str) -> None:
             if info.file_size > MAX_INDEX_BYTES:
                 raise ValueError("index too large")
             index = json.loads(zf.read(INDEX_NAME))
-            mine = index["targets"][rt["python"]]
+            mine = index["targets"][rt.get("index") or rt["python"]]
             files, links = dict(mine["files"]), dict(mine.get("links") or {})
             packed = set(index.get("xz") or [])
         except (KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
