@@ -269,6 +269,9 @@ SPECIAL = [
     ("detokenize", {"tokens": [-1]}),
     ("detokenize", {"tokens": [2 ** 40]}),
     ("reranking", {"query": "a", "documents": []}),
+    # found by fuzz/test_http_fuzz.py: a sampler knob the API does not define, as an extra
+    ("v1/messages", {"messages": HI, "max_tokens": 1, "seed": []}),
+    ("v1/responses", {"input": "Hi", "max_output_tokens": 1, "top_k": "x"}),
 ]
 RAW = [b"", b"{", b"[]", b"null", b"1", b'"x"', b'{"messages": [}', b"\xff\xfe\x00",
        b'{"prompt": "\xff\xfe"}', b"[" * 100000 + b"]" * 100000,

@@ -367,6 +367,23 @@ class ApplyTemplateRequest(RequestBody):
     _tools = field_validator("tools")(check_openai_tools)
 
 
+class Knobs(RequestBody):
+    """llama.cpp's sampler knobs under their own names (the task layer's ``KNOBS``), for the
+    APIs that do not define them (Anthropic's, Responses): declared, so a client's ``seed``
+    or ``top_k`` is checked as in :class:`Sampling` instead of reaching the sampler raw.
+    None keeps the sampler's default."""
+
+    top_k: Optional[Int] = Field(default=None, ge=0, le=INT32_MAX)
+    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    typical_p: Optional[float] = Field(default=None, ge=0, le=1)
+    repeat_penalty: Optional[float] = Field(default=None, ge=0, le=100)
+    repeat_last_n: Optional[Int] = Field(default=None, ge=-1, le=INT32_MAX)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    seed: Optional[Int] = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    ignore_eos: Optional[bool] = None
+
+
 # -- Anthropic ---------------------------------------------------------------------------------
 
 def _check_blocks(blocks: Any, where: str, nested: bool = False) -> None:
@@ -452,7 +469,7 @@ class _AnthropicPrompt(RequestBody):
         return choice
 
 
-class AnthropicRequest(_AnthropicPrompt):
+class AnthropicRequest(_AnthropicPrompt, Knobs):
     """Anthropic's Messages API (``/v1/messages``)."""
 
     # Anthropic's API requires max_tokens; without one: until the model stops.
@@ -481,7 +498,7 @@ class AnthropicCountRequest(_AnthropicPrompt):
 
 # -- OpenAI Responses --------------------------------------------------------------------------
 
-class ResponsesRequest(RequestBody):
+class ResponsesRequest(Knobs):
     """OpenAI's Responses API (``/v1/responses``), text in and out."""
 
     model: Optional[str] = None
