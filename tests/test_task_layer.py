@@ -226,3 +226,18 @@ def test_preparing_a_task_never_stalls_the_event_loop():
         assert len(worst) >= 10 and max(worst) < 0.1, worst
     finally:
         srv.close()
+
+
+def test_knobs_take_only_declared_fields():
+    """A body's extra fields (schemas accept unknown ones) never reach the sampler: only a
+    field the schema declares, and so checks, is a knob."""
+    from pydantic import BaseModel, ConfigDict
+
+    from pyfile.runtime.server.task import knobs
+
+    class Body(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        temperature: float = 0.5
+
+    assert knobs(Body(seed=[], top_k="x")) == {"temperature": 0.5}
+    assert knobs(Body(), min_p=0.0) == {"temperature": 0.5, "min_p": 0.0}

@@ -25,8 +25,12 @@ Prompt = Union[str, List[Union[int, str]]]
 
 def knobs(body: Any, **overrides: Any) -> Dict[str, Any]:
     """The :data:`KNOBS` a request body sets (absent or null ones keep the sampler's default),
-    then ``overrides`` (an API's own defaults, e.g. Anthropic has no min-p)."""
-    out = {k: getattr(body, k) for k in KNOBS if getattr(body, k, None) is not None}
+    then ``overrides`` (an API's own defaults, e.g. Anthropic has no min-p). Only fields the
+    body's schema declares (and so checked) count: an undeclared extra never reaches the
+    sampler raw."""
+    declared = getattr(type(body), "model_fields", None)
+    out = {k: getattr(body, k) for k in KNOBS
+           if (declared is None or k in declared) and getattr(body, k, None) is not None}
     out.update(overrides)
     return out
 
