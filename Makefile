@@ -14,8 +14,9 @@ setup: $(STAMP)
 
 # Everything a build reuses (the portable engines, the carried interpreters, wheels, runtime
 # bundles) is cached outside git, keyed by what produced it; `pyfile engine build` compiles
-# the engine once (~10 min on 2 cores) and the venv installs that same wheel, so tests run
-# the engine files carry; `pyfile python build` compiles the carried CPython (~15 min).
+# the engine once (~10 min on 2 cores; `--arch aarch64` as long) and the venv installs that
+# same wheel, so tests run the engine files carry; `pyfile python build` compiles the
+# carried CPython for x86-64 and aarch64 (~15 min each).
 export PYFILE_BUILD_CACHE ?= $(HOME)/.cache/pyfile-dev/build
 
 $(STAMP): pyproject.toml src/pyfile/engines.py src/pyfile/carried.py scripts/build-variant.sh
@@ -24,11 +25,12 @@ $(STAMP): pyproject.toml src/pyfile/engines.py src/pyfile/carried.py scripts/bui
 	$(PY) -m pip install --quiet -e '.[test]'
 	@scripts/install-tools.sh build
 	@# Two chains at once (each compiles with -j2; their configure steps are serial): the
-	@# engine and the carried CPython.
-	@$(VENV)/bin/pyfile python build --arch x86_64 >/dev/null 2>$(VENV)/.python-build.log & pypid=$$!; \
+	@# engines (x86-64, then aarch64 cross-compiled) and the carried CPython (both machines).
+	@$(VENV)/bin/pyfile python build >/dev/null 2>$(VENV)/.python-build.log & pypid=$$!; \
 	  wheel=$$($(VENV)/bin/pyfile engine build) && \
 	  $(PY) -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
-	  $(PY) -m pip install --quiet "$$wheel" || { kill $$pypid; exit 1; }; \
+	  $(PY) -m pip install --quiet "$$wheel" && \
+	  $(VENV)/bin/pyfile engine build --arch aarch64 >/dev/null || { kill $$pypid; exit 1; }; \
 	  wait $$pypid || { tail -3 $(VENV)/.python-build.log >&2; exit 1; }
 	@# The Vulkan variant `pyfile build` packs by default (cached like the engine, ~5 min once).
 	@PYTHON=$(PY) scripts/build-variant.sh vulkan >/dev/null || \

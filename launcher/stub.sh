@@ -6,8 +6,9 @@
 pyfile_self=$0
 pyfile_boot='@BOOTSTRAP@'
 # The interpreters this file carries, each as " MACHINE:OFFSET:SIZE:SHA256": a
-# tar.gz stored in this file at OFFSET (a multiple of 65536). Filled in when the file is
-# written; blank in a file that carries none (it then looks for a Python on PATH).
+# tar.gz stored in this file at OFFSET (a multiple of 65536); MACHINE "any" is the part all
+# machines share (the standard library). Filled in when the file is written; blank in a
+# file that carries none (it then looks for a Python on PATH).
 pyfile_carried='@CARRIED@'
 pyfile_main() {
     case ${ZSH_EVAL_CONTEXT:-} in *:file*) pyfile_self= ;; esac
@@ -65,11 +66,12 @@ pyfile_carried_main() {
         echo "pyfile: this file needs Linux with glibc 2.28 or newer on${pyfile_have:- x86_64 or aarch64}; $pyfile_why (or set PYFILE_PYTHON to a Python 3.9+ with llama-cpp-python)" >&2
         return 1
     fi
-    pyfile_off=${pyfile_rest%%:*}
-    pyfile_rest=${pyfile_rest#*:}
-    pyfile_size=${pyfile_rest%%:*}
-    pyfile_sha=${pyfile_rest#*:}
-    pyfile_name=cpython-$pyfile_m-$pyfile_sha
+    pyfile_any=${pyfile_carried#*" any:"}
+    pyfile_any=${pyfile_any%%" "*}
+    pyfile_anysha=${pyfile_any##*:}
+    pyfile_sha=${pyfile_rest##*:}
+    # Named by both parts' digests (16 hex digits of the shared one).
+    pyfile_name=cpython-$pyfile_m-$pyfile_sha-${pyfile_anysha%"${pyfile_anysha#????????????????}"}
     pyfile_uid=$(id -u 2>/dev/null) || pyfile_uid=0
     pyfile_fallback=${TMPDIR:-/tmp}/pyfile-$pyfile_uid
     if [ -n "${PYFILE_CACHE_DIR:-}" ]; then
@@ -115,29 +117,34 @@ pyfile_unpack() {
             return 0
         fi
     fi
-    # Copy the member out (dd seeks to it: it starts at a multiple of 64 KiB), check it.
-    if ! dd if="$pyfile_self" bs=65536 skip=$((pyfile_off / 65536)) count=$(((pyfile_size + 65535) / 65536)) 2>/dev/null |
-            head -c "$pyfile_size" >"$pyfile_tmp/python.tar.gz"; then
-        rm -rf "$pyfile_tmp"
-        [ -z "$pyfile_locked" ] || exec 9>&-
-        return 1
-    fi
-    pyfile_sum=$(sha256sum <"$pyfile_tmp/python.tar.gz" 2>/dev/null) || pyfile_sum=
-    if [ "${pyfile_sum%% *}" != "$pyfile_sha" ]; then
-        rm -rf "$pyfile_tmp"
-        [ -z "$pyfile_locked" ] || exec 9>&-
-        if [ -z "$pyfile_sum" ]; then
-            echo "pyfile: this file needs sha256sum (coreutils or busybox) to unpack its interpreter once" >&2
-        else
-            echo "pyfile: $pyfile_self: damaged or truncated pyfile (its interpreter for $pyfile_m fails its SHA-256 check); download the file again" >&2
+    for pyfile_part in "$pyfile_rest" "$pyfile_any"; do
+        pyfile_off=${pyfile_part%%:*}
+        pyfile_size=${pyfile_part#*:}
+        pyfile_size=${pyfile_size%%:*}
+        # Copy the member out (dd seeks to it: it starts at a multiple of 64 KiB), check it.
+        if ! dd if="$pyfile_self" bs=65536 skip=$((pyfile_off / 65536)) count=$(((pyfile_size + 65535) / 65536)) 2>/dev/null |
+                head -c "$pyfile_size" >"$pyfile_tmp/part.tar.gz"; then
+            rm -rf "$pyfile_tmp"
+            [ -z "$pyfile_locked" ] || exec 9>&-
+            return 1
         fi
-        return 2
-    fi
-    if ! (cd "$pyfile_tmp" && gzip -dc python.tar.gz | tar -xf - && rm -f python.tar.gz) 2>/dev/null; then
-        rm -rf "$pyfile_tmp"
-        [ -z "$pyfile_locked" ] || exec 9>&-
-        return 1
-    fi
+        pyfile_sum=$(sha256sum <"$pyfile_tmp/part.tar.gz" 2>/dev/null) || pyfile_sum=
+        if [ "${pyfile_sum%% *}" != "${pyfile_part##*:}" ]; then
+            rm -rf "$pyfile_tmp"
+            [ -z "$pyfile_locked" ] || exec 9>&-
+            if [ -z "$pyfile_sum" ]; then
+                echo "pyfile: this file needs sha256sum (coreutils or busybox) to unpack its interpreter once" >&2
+            else
+                echo "pyfile: $pyfile_self: damaged or truncated pyfile (its interpreter for $pyfile_m fails its SHA-256 check); download the file again" >&2
+            fi
+            return 2
+        fi
+        if ! (cd "$pyfile_tmp" && gzip -dc part.tar.gz | tar -xf - && rm -f part.tar.gz) 2>/dev/null; then
+            rm -rf "$pyfile_tmp"
+            [ -z "$pyfile_locked" ] || exec 9>&-
+            return 1
+        fi
+    done
     # Starting it proves the place allows running programs and the C library suffices; the
     # interpreter then renames its folder into place (losing that race is fine).
     pyfile_err=$("$pyfile_tmp/bin/python3" -I -S -c "

@@ -13,7 +13,7 @@ from .atomic import atomic_output
 from .runtime.container import argsfile
 from .runtime.container.archive import ARGS_NAME, LOCAL_SIG
 from .runtime.backend.engine import ENGINE_VERSION, GGUF_MAGIC
-from .runtime.container.bundle import INTERPRETER_KIND, INTERPRETER_MEMBER
+from .runtime.container.bundle import INTERPRETER_KIND
 from .runtime.container.manifest import MANIFEST_NAME, Manifest
 from .runtime.errors import InputError, UsageError
 from .zipwriter import Entry, ZipWriter, deflate, smaller_deflate
@@ -108,7 +108,8 @@ def runtime_members(carried_python: Optional[Tuple[str, str]] = None) -> List[Pr
 
     def make() -> bytes:
         out = []
-        own = stub.bytecode(sources)
+        # A file that carries its interpreter needs no bytecode for the builder's own.
+        own = [] if carried_python else stub.bytecode(sources)
         foreign = stub.foreign_bytecode(carried_python[0], sources) if carried_python else []
         foreign = [(n, d) for n, d in foreign if n not in {m for m, _ in own}]  # same tag
         for name, data in sources + own + foreign:
@@ -395,11 +396,11 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
                        align=DEFAULT_ALIGN, sha256=not rt_bundle.sha256)  # known: not redone
         kinds[rt_bundle.member] = ("runtime-bundle", DEFAULT_ALIGN)
     known_sha: Dict[str, str] = {}
-    for c in carry:  # where the stub's dd can seek to: a 64 KiB boundary
-        name = INTERPRETER_MEMBER.format(machine=c.arch)
-        w.start_stream(name, c.tarball, 0, c.size, align=DEFAULT_ALIGN, sha256=False)
+    from .carried import members as carried_members
+    for name, path, size, sha in carried_members(list(carry)):  # where the stub's dd can
+        w.start_stream(name, path, 0, size, align=DEFAULT_ALIGN, sha256=False)  # seek to
         kinds[name] = (INTERPRETER_KIND, DEFAULT_ALIGN)
-        known_sha[name] = c.sha256
+        known_sha[name] = sha
 
     man = Manifest(tool=f"pyfile {__version__}", source_date_epoch=w.epoch,
                    engine=rt_bundle.engine if rt_bundle is not None else None)

@@ -92,6 +92,9 @@ OPENSSL_OPTIONS = ("no-shared", "no-module", "no-tests", "no-docs", "no-asm", "n
                    "no-engine", "no-comp", "no-srp", "no-gost", "no-idea", "no-seed",
                    "no-camellia", "no-aria", "no-sm2", "no-sm3", "no-sm4", "no-whirlpool",
                    "no-rc2", "no-rc4", "no-rc5", "no-mdc2", "no-bf", "no-cast", "no-quic")
+#: libffi's static trampolines crash ctypes callbacks (llama.cpp's log callback) on aarch64
+#: when libffi is linked into _ctypes this way; the mmap'd ones work.
+LIBFFI_OPTIONS = {"aarch64": ("--disable-exec-static-tramp",)}
 #: Extension modules the runtime never uses (or whose libraries are not carried): marked
 #: unavailable so configure neither looks for them nor builds them.
 UNWANTED_MODULES = ("_tkinter", "_curses", "_curses_panel", "_dbm", "_gdbm", "readline",
@@ -116,6 +119,17 @@ REQUIRED_MODULES = ("_ctypes", "_ssl", "_hashlib", "_sqlite3", "zlib", "_lzma", 
 BUILD_TOOLS = ("make", "perl", "autoreconf", "libtoolize", "aclocal")
 TARBALL = "python.tar.gz"
 INFO = "python.json"
+#: How a compiled interpreter becomes what a pyfile carries; bump when that changes (the
+#: cached tree is packed again in seconds, not compiled again).
+PACK_RECIPE = 2
+#: What differs between machines: the interpreter, the extension modules, the build's
+#: configuration. The rest, the standard library, is bytecode only (no sources: 3.7 instead
+#: of 5.8 MB zipped) in one member that every machine shares.
+MACHINE_PART = re.compile(r"^(bin/|lib/python3\.13/lib-dynload/|lib/python3\.13/_sysconfigdata_)")
+#: Not carried: OpenSSL a second time (1.5 MB zipped per machine; hashlib then uses
+#: CPython's own hashes, ssl its own copy).
+PACK_DROP = re.compile(r"^lib/python3\.13/lib-dynload/_hashlib\.")
+CACHE_TAG = "cpython-313"
 
 
 class PythonBuildError(PyfileError):
@@ -127,30 +141,32 @@ Progress = Optional[Callable[[str, int, str], None]]  # (arch, percent, stage)
 
 @dataclass
 class Carried:
-    """A built interpreter for one architecture."""
+    """A built interpreter for one architecture, as a pyfile carries it: its machine's part
+    and the standard library every machine shares (both tar.gz)."""
 
     arch: str
-    tarball: str  # path of python.tar.gz
+    tarball: str  # path of this machine's python.tar.gz
     sha256: str
     size: int
     glibc: str  # the newest GLIBC_x.y any of its files needs
-    version: str = PYTHON_VERSION
-
-    @property
-    def folder(self) -> str:
-        return os.path.dirname(self.tarball)
+    version: str
+    compiled: str  # the folder of the compiled interpreter (its tree/)
+    stdlib: str  # path of the shared stdlib.tar.gz
+    stdlib_sha256: str
+    stdlib_size: int
 
     def tree(self) -> str:
-        """The unpacked interpreter beside the tarball (kept: the aarch64 build and the
-        bytecode use the x86-64 one)."""
-        return os.path.join(self.folder, "tree")
+        """The compiled interpreter, laid out as installed (the aarch64 build and the
+        runtime's bytecode run the x86-64 one)."""
+        return os.path.join(self.compiled, "tree")
 
 
 def deps_key(arch: str) -> str:
     """What the C libraries of ``arch`` were made from (they are cached on their own)."""
     from .engines import ZIG_VERSION
     text = "|".join([arch, ZIG_VERSION, TARGET_GLIBC, str(RECIPE), CFLAGS,
-                     *(s.sha256 for s in SOURCES if s.name != "Python"), *OPENSSL_OPTIONS])
+                     *(s.sha256 for s in SOURCES if s.name != "Python"), *OPENSSL_OPTIONS,
+                     *LIBFFI_OPTIONS.get(arch, ())])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -167,18 +183,73 @@ def target_folder(arch: str) -> str:
 
 
 def cached(arch: str) -> Optional[Carried]:
-    """The interpreter for ``arch`` if it was built (and its record is whole), else None."""
+    """The interpreter for ``arch`` if it was built, else None; packed for carrying the
+    first time it is asked for (seconds)."""
     folder = target_folder(arch)
     try:
         with open(os.path.join(folder, INFO), encoding="utf-8") as f:
             info = json.load(f)
-        tarball = os.path.join(folder, TARBALL)
-        if os.path.getsize(tarball) != info["size"]:
-            return None
-        return Carried(arch, tarball, info["sha256"], info["size"], info["glibc"],
-                       info["version"])
+        glibc, version = str(info["glibc"]), str(info["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    mine = _packed(arch, os.path.join(folder, "tree"), "python", MACHINE_PART.match)
+    shared = None
+    if arch == "x86_64" or cached_compiled("x86_64"):  # the shared part is packed from x86-64's
+        shared = _packed("x86_64", os.path.join(target_folder("x86_64"), "tree"), "stdlib",
+                         lambda rel: not MACHINE_PART.match(rel))
+    if mine is None or shared is None:
+        return None
+    return Carried(arch, *mine, glibc, version, folder, *shared)
+
+
+def cached_compiled(arch: str) -> bool:
+    return os.path.isfile(os.path.join(target_folder(arch), INFO))
+
+
+def _packed(arch: str, tree: str, part: str, select: Callable[[str], object]
+            ) -> Optional[Tuple[str, str, int]]:
+    """(path, sha256, size) of one part of ``tree`` packed for carrying, made once."""
+    key = hashlib.sha256("|".join([build_key(arch), part, str(PACK_RECIPE),
+                                   MACHINE_PART.pattern, PACK_DROP.pattern]).encode())
+    folder = os.path.join(buildcache.folder("python"), f"{part}-{arch}-{key.hexdigest()[:16]}")
+    record = os.path.join(folder, "part.json")
+    try:
+        with open(record, encoding="utf-8") as f:
+            info = json.load(f)
+        return os.path.join(folder, f"{part}.tar.gz"), info["sha256"], int(info["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not os.path.isdir(tree):
+        return None
+    with buildcache.publishing(folder) as work:
+        out = os.path.join(work, f"{part}.tar.gz")
+        _pack({rel: full for rel, full in _carried_files(tree).items() if select(rel)}, out)
+        with open(os.path.join(work, "part.json"), "w", encoding="utf-8") as f:
+            json.dump({"sha256": _sha256(out), "size": os.path.getsize(out)}, f)
+    return _packed(arch, tree, part, select)
+
+
+def _carried_files(tree: str) -> Dict[str, str]:
+    """What of a compiled tree is carried: name in the tarball -> file. Modules travel as
+    their bytecode in the place of their source (sourceless imports)."""
+    out: Dict[str, str] = {}
+    suffix = f".{CACHE_TAG}.pyc"
+    for root, _dirs, files in os.walk(tree):
+        rel_root = os.path.relpath(root, tree).replace(os.sep, "/")
+        for name in files:
+            full = os.path.join(root, name)
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            if PACK_DROP.match(rel):
+                continue
+            if rel.startswith("lib/") and name.endswith(".py") and os.path.isfile(
+                    os.path.join(root, "__pycache__", name[:-3] + suffix)):
+                continue  # its bytecode goes instead
+            if rel_root.endswith("/__pycache__"):
+                if not name.endswith(suffix):
+                    continue
+                rel = f"{rel_root[:-len('/__pycache__')]}/{name[:-len(suffix)]}.pyc"
+            out[rel] = full
+    return out
 
 
 def check_arch(arch: str) -> str:
@@ -306,7 +377,8 @@ def _deps(arch: str, srcs: Dict[str, str], tools: Dict[str, str], host_cc: str, 
     say(10, "libffi")
     d = _unpack(srcs["libffi"], work)
     _run(["./autogen.sh"], d, log, env)  # the release tarball has no configure script
-    _run(["./configure", *auto, "--disable-docs", "--disable-multi-os-directory"], d, log, env)
+    _run(["./configure", *auto, "--disable-docs", "--disable-multi-os-directory",
+          *LIBFFI_OPTIONS.get(arch, ())], d, log, env)
     _run(["make", j], d, log, env)
     _run(["make", "install"], d, log, env)
 
@@ -424,24 +496,25 @@ def _glibc_floor(tree: str) -> str:
     return elf.version_text(worst)
 
 
-def _pack(tree: str, out: str) -> None:
-    """A deterministic tar.gz of ``tree``: sorted, owner root, time 0."""
+def _pack(files: Dict[str, str], out: str) -> None:
+    """A deterministic tar.gz of ``files`` (name -> path) and their folders: sorted, owner
+    root, time 0."""
+    folders = sorted({"/".join(rel.split("/")[:i]) for rel in files
+                      for i in range(1, rel.count("/") + 1)})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for root, dirs, files in os.walk(tree):
-            dirs.sort()
-            for name in sorted(dirs) + sorted(files):
-                full = os.path.join(root, name)
-                info = tf.gettarinfo(full, os.path.relpath(full, tree))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                info.mode = 0o755 if info.isdir() or (info.mode & 0o100) else 0o644
-                if info.isfile():
-                    with open(full, "rb") as f:
-                        tf.addfile(info, f)
-                else:
-                    tf.addfile(info)
+        for rel in folders + sorted(files):
+            info = tarfile.TarInfo(rel)
+            info.uid = info.gid = 0
+            info.mtime = 0
+            if rel in files:
+                info.size = os.path.getsize(files[rel])
+                info.mode = 0o755 if os.stat(files[rel]).st_mode & 0o100 else 0o644
+                with open(files[rel], "rb") as f:
+                    tf.addfile(info, f)
+            else:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
     with open(out, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9,
                                              mtime=0, filename="") as gz:
         gz.write(raw.getvalue())
@@ -521,10 +594,7 @@ def _build_locked(arch: str, target: str, jobs: int, progress: Progress) -> Carr
         if tuple(map(int, glibc.split("."))) > tuple(map(int, TARGET_GLIBC.split("."))):
             raise PythonBuildError(f"the {arch} interpreter needs GLIBC_{glibc}, newer than "
                                    f"{TARGET_GLIBC} (log: {log})")
-        tarball = os.path.join(pub, TARBALL)
-        _pack(tree, tarball)
-        info = {"version": PYTHON_VERSION, "arch": arch, "sha256": _sha256(tarball),
-                "size": os.path.getsize(tarball), "glibc": glibc}
+        info = {"version": PYTHON_VERSION, "arch": arch, "glibc": glibc}
         with open(os.path.join(pub, INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
     say(100, "done")
@@ -588,17 +658,31 @@ def for_build(arches: Optional[str], slim: bool, pythons: Optional[str],
     return out
 
 
+def members(carry: List[Carried]) -> List[Tuple[str, str, int, str]]:
+    """(member name, file, size, sha256) of what a file carrying ``carry`` holds: each
+    machine's part, then the shared standard library once."""
+    from .runtime.container.bundle import INTERPRETER_MEMBER, STDLIB_MEMBER
+    out = [(INTERPRETER_MEMBER.format(machine=c.arch), c.tarball, c.size, c.sha256)
+           for c in carry]
+    if carry:
+        out.append((STDLIB_MEMBER, carry[0].stdlib, carry[0].stdlib_size,
+                    carry[0].stdlib_sha256))
+    return out
+
+
 def stub_table(entries: List[object], carry: List[Carried]) -> List[Tuple[str, int, int, str]]:
-    """(machine, data offset, size, sha256) of each carried interpreter as written."""
-    from .runtime.container.bundle import INTERPRETER_MEMBER
+    """(machine, data offset, size, sha256) of each carried part as written; the shared
+    standard library's machine is "any"."""
+    from .runtime.container.bundle import STDLIB_MEMBER
     where = {e.name: e for e in entries}  # type: ignore[attr-defined]
     out = []
-    for c in carry:
-        e = where[INTERPRETER_MEMBER.format(machine=c.arch)]
-        out.append((c.arch, e.data_offset, e.size, c.sha256))  # type: ignore[attr-defined]
+    for name, _path, size, sha in members(carry):
+        e = where[name]
+        machine = "any" if name == STDLIB_MEMBER else name.rsplit("-", 1)[1].split(".")[0]
+        out.append((machine, e.data_offset, size, sha))  # type: ignore[attr-defined]
     return out
 
 
 __all__ = ["ARCHES", "PYTHON_VERSION", "PYTHON_MINOR", "Carried", "PythonBuildError",
            "build", "cached", "check_arch", "toolchain", "parse_arches", "for_build",
-           "stub_table"]
+           "members", "stub_table"]

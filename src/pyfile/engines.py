@@ -399,9 +399,20 @@ def build_engine(source: Optional[str] = None, jobs: Optional[int] = None,
     done = glob.glob(os.path.join(target, WHEEL_GLOB))
     if done and not force:
         return done[0]
+    os.makedirs(engines_dir(), exist_ok=True)
+    import fcntl
+    with open(f"{target}.lock", "a") as lock:  # one build of an engine at a time; the
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one that waited finds it done
+        done = glob.glob(os.path.join(target, WHEEL_GLOB))
+        if done and not force:
+            return done[0]
+        return _build_engine_locked(target, source, jobs, progress, force, arch, tag)
+
+
+def _build_engine_locked(target: str, source: Optional[str], jobs: Optional[int],
+                         progress: Progress, force: bool, arch: str, tag: str) -> str:
     if force and os.path.isdir(target):
         shutil.rmtree(target)
-    os.makedirs(engines_dir(), exist_ok=True)
     log = os.path.join(engines_dir(), f"build-{tag}{build_key(arch)}.log")
     with open(log, "w"):
         pass

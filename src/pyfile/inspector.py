@@ -48,8 +48,8 @@ def describe(path: str) -> Dict[str, Any]:
             "runtimes": [{"python": r.get("python"), "libc": r.get("libc"),
                           "libc_version": r.get("libc_version"), "machine": r.get("machine")}
                          for r in arch.manifest.runtimes],
-            "interpreters": {m["name"].rsplit("-", 1)[-1].split(".")[0]: m["size"]
-                             for m in members if m["kind"] == "interpreter"},
+            "interpreters": {m["name"].rsplit("/", 1)[-1].split(".")[0].replace(
+                "cpython-", ""): m["size"] for m in members if m["kind"] == "interpreter"},
         }
 
 

@@ -86,9 +86,10 @@ def _marshalled(member: str, source: bytes) -> bytes:
 
 
 #: Room in the stub for the table of carried interpreters (" MACHINE:OFFSET:SIZE:SHA256"
-#: each, at most 107 bytes), blank when rendered and filled in place once the members'
-#: offsets are known: the stub's length never changes, so nothing after it moves.
-CARRIED_WIDTH = 320
+#: each, at most 108 bytes; two machines and the shared part "any"), blank when rendered and
+#: filled in place once the members' offsets are known: the stub's length never changes, so
+#: nothing after it moves.
+CARRIED_WIDTH = 400
 CARRIED_MARK = b"pyfile_carried='"
 
 

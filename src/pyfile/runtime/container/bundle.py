@@ -30,6 +30,8 @@ MAX_INDEX_BYTES = 16 << 20
 #: manifest's kind for it and its member name.
 INTERPRETER_KIND = "interpreter"
 INTERPRETER_MEMBER = ".pyfile/python/cpython-{machine}.tar.gz"
+#: The part of the carried interpreters that every machine shares (the standard library).
+STDLIB_MEMBER = ".pyfile/python/stdlib.tar.gz"
 #: Set when a run re-executes the file through its carried interpreter (never twice).
 REEXEC_ENV = "PYFILE_REEXEC_FROM"
 
