@@ -71,7 +71,12 @@ def test_unwritable_cache_falls_back(smol_pyfile, bare_python, tmp_path):
     r = run(smol_pyfile, env)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    assert list(tmp.iterdir()) == []  # the private copy was removed at exit
+    # The runtime's private copy was removed at exit; the carried interpreter the stub
+    # unpacked there (its cache was unwritable too) stays for the next run.
+    kept = tmp / f"pyfile-{os.getuid()}"
+    assert [p for p in tmp.iterdir() if p != kept] == []
+    assert [p.name for p in kept.iterdir()] == ["python"]
+    assert list((kept / "python").glob("cpython-x86_64-*/bin/python3"))
 
 
 def test_prune_leaves_a_runtime_in_use_alone(smol_pyfile, bare_python, tmp_path):
