@@ -175,12 +175,15 @@ def router(state: ServerState) -> APIRouter:
                           "created": int(state.started), "owned_by": "llamacpp",
                           "meta": meta}]}
 
+    async def input_tokens(task: Task) -> Dict[str, Any]:
+        """OpenAI's (and llama-server's) token count of the prompt a task would have."""
+        tokens, _, _ = await off_loop(runner.render, task)
+        return {"object": "response.input_tokens", "input_tokens": len(tokens)}
+
     @r.post("/v1/chat/completions/input_tokens")
     @r.post("/chat/completions/input_tokens")
     async def chat_input_tokens(req: ChatRequest) -> Dict[str, Any]:
-        """llama-server's token count of a chat request's prompt (as Responses' input_tokens)."""
-        tokens, _, _ = await off_loop(runner.render, chat_task(req))
-        return {"object": "response.input_tokens", "input_tokens": len(tokens)}
+        return await input_tokens(chat_task(req))
 
     @r.post("/v1/chat/completions")
     @r.post("/chat/completions")
@@ -355,9 +358,7 @@ def router(state: ServerState) -> APIRouter:
     @r.post("/v1/responses/input_tokens")
     @r.post("/responses/input_tokens")
     async def responses_input_tokens(req: ResponsesRequest) -> Dict[str, Any]:
-        """OpenAI's (and llama-server's) token count of a Responses request's input."""
-        tokens, _, _ = await off_loop(runner.render, responses_task(req))
-        return {"object": "response.input_tokens", "input_tokens": len(tokens)}
+        return await input_tokens(responses_task(req))
 
     @r.post("/v1/responses")
     @r.post("/responses")
