@@ -91,6 +91,20 @@ CORS_ALLOW_HEADERS = (b"authorization, content-type, x-api-key, anthropic-versio
                       b"x-stainless-async, x-stainless-helper-method")
 
 
+
+def replaying(body: bytes, receive: Callable) -> Callable:
+    """An ASGI ``receive`` that hands on a body already read (whole, once), then the client's
+    next messages (its disconnect): for middleware that must read the body before the app."""
+    replayed = False
+
+    async def replay() -> Dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
 class SiteGuard:
     """ASGI middleware, the outermost: DNS rebinding and cross-site requests never reach a
     route (:mod:`.sites` says which hosts and origins are allowed).
@@ -276,16 +290,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _reject(self, scope: Dict, send: Callable) -> None:
         await send_error(scope, send, 413, f"request body over {self.limit} bytes",

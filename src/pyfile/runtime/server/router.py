@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import APIError
+from .http import replaying
 
 UNLOADED, LOADING, LOADED, SLEEPING, FAILED = "unloaded", "loading", "loaded", "sleeping", \
     "failed"
@@ -288,14 +289,7 @@ class ModelRouting:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        replay = replaying(body, receive)
 
         name: Optional[str] = None
         try:
