@@ -21,10 +21,15 @@ def route(llama_cpp: Any, verbose: bool) -> None:
     from llama_cpp._logger import set_verbose
     set_verbose(verbose)  # llama-cpp-python's own Python-side logging
 
+    _callback = stderr_callback(llama_cpp, verbose)
+    llama_cpp.llama_log_set(_callback, None)
+
+
+def stderr_callback(llama_cpp: Any, verbose: bool) -> Any:
+    """A ggml log callback that writes to stderr with ``-v`` and drops the log otherwise
+    (llama.cpp's and libmtmd's take the same type); the caller keeps it alive."""
     def log(level: int, text: bytes, user_data: Any) -> None:
         if verbose:
             sys.stderr.write(text.decode("utf-8", "replace"))
             sys.stderr.flush()
-
-    _callback = llama_cpp.llama_log_callback(log)
-    llama_cpp.llama_log_set(_callback, None)
+    return llama_cpp.llama_log_callback(log)

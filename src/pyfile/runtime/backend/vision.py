@@ -59,15 +59,10 @@ def _route_logs(m: Any, verbose: bool) -> None:
     """libmtmd's log (it echoes every prompt piece) on stderr only with ``-v``, as
     llama.cpp's (:mod:`.logs`)."""
     global _log_callback
-    import sys
     from llama_cpp import llama_cpp as L
 
-    def log(level: int, text: bytes, user_data: Any) -> None:
-        if verbose:
-            sys.stderr.write(text.decode("utf-8", "replace"))
-            sys.stderr.flush()
-
-    _log_callback = L.llama_log_callback(log)
+    from .logs import stderr_callback
+    _log_callback = stderr_callback(L, verbose)
     m.mtmd_log_set(_log_callback, None)
     m.mtmd_helper_log_set(_log_callback, None)
 
