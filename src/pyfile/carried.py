@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import urllib.request
@@ -313,22 +312,8 @@ def _log(log: str, text: str) -> None:
 
 def _run(cmd: List[str], cwd: str, log: str, env: Optional[Dict[str, str]] = None,
          on_line: Optional[Callable[[str], None]] = None) -> None:
-    with open(log, "a") as out:
-        out.write(f"$ (cd {cwd} && {' '.join(cmd)})\n")
-        out.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, errors="replace")
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                if on_line:
-                    on_line(line)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        code = proc.wait()
+    from .engines import run_logged
+    code = run_logged(cmd, log, cwd=cwd, env=env, on_line=on_line)
     if code:
         raise PythonBuildError(f"'{' '.join(cmd[:2])}' failed in {os.path.basename(cwd)} "
                                f"(exit {code}); the full log is {log}")

@@ -286,13 +286,15 @@ def build_key(arch: str = "x86_64") -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _pip(*args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = None,
-         on_line: Optional[Callable[[str], None]] = None) -> None:
-    cmd = [sys.executable, "-m", "pip", *args]
-    with open(log or os.devnull, "a") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
+def run_logged(cmd: List[str], log: str, cwd: Optional[str] = None,
+               env: Optional[Dict[str, str]] = None,
+               on_line: Optional[Callable[[str], None]] = None) -> int:
+    """Run ``cmd`` (in ``cwd``) with its output appended to ``log`` and each line handed to
+    ``on_line`` (progress); its exit status. Ctrl-C or any error kills it before re-raising."""
+    with open(log, "a") as out:
+        out.write(f"$ (cd {cwd} && {' '.join(cmd)})\n" if cwd else f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, errors="replace")
         assert proc.stdout is not None
         try:
@@ -304,7 +306,13 @@ def _pip(*args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = 
             proc.kill()
             proc.wait()
             raise
-        code = proc.wait()
+        return proc.wait()
+
+
+def _pip(*args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+         on_line: Optional[Callable[[str], None]] = None) -> None:
+    code = run_logged([sys.executable, "-m", "pip", *args], log or os.devnull, env=env,
+                      on_line=on_line)
     if code:
         raise EngineBuildError(f"'pip {args[0]}' failed (exit {code}); the full log is {log}"
                                if log else f"'pip {' '.join(args)}' failed (exit {code})")
