@@ -199,9 +199,11 @@ class ZipWriter:
         pending.done = threading.Event()
         self._queue.put(pending)
         if self._copy_thread is None:
-            self._copy_thread = threading.Thread(target=self._copy_queued,
-                                                 name="pyfile-copy", daemon=True)
-            self._copy_thread.start()
+            thread = threading.Thread(target=self._copy_queued, name="pyfile-copy", daemon=True)
+            thread.start()
+            # Only a started thread is recorded: a Ctrl-C between the two lines above must
+            # not leave abort() joining a thread that never ran.
+            self._copy_thread = thread
 
     def _copy_queued(self) -> None:
         while True:
