@@ -31,6 +31,9 @@ jobs=${JOBS:-$(nproc)}
 py=${PYTHON:-python3}          # a Python with pyfile installed (make setup passes the venv's)
 vk_deb=1.4.309.0-1            # Debian 13's Vulkan headers and loader (12's are too old)
 spirv_deb=1.6.1+1.4.309.0-1   # Debian 13's SPIR-V headers (ggml-vulkan's CMake wants them)
+# CUDA: machine code for the GPUs most people have (Turing, Ampere, Ada, Hopper, Blackwell
+# consumer) and PTX of compute_90 that the driver compiles for anything newer (B200, GB10...).
+cuda_archs_full="75-real;80-real;86-real;89-real;90-real;120-real;90-virtual"
 
 say() { echo "build-variant: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -95,6 +98,16 @@ vulkan_sdk() {
     glslc_version=$(glslc --version 2>/dev/null | head -n 1)
 }
 
+# The CUDA toolkit nvcc belongs to: $PATH's nvcc (often a wrapper), else /usr/local/cuda*.
+cuda_toolkit() {
+    for n in $(command -v nvcc) /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+        [ -x "$n" ] || continue
+        top=$("$n" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+        [ -n "$top" ] && [ -x "$top/bin/nvcc" ] && { (cd "$top" && pwd -P); return 0; }
+    done
+    return 1
+}
+
 # The newest GLIBC_ symbol version a library needs (pyfile's ELF reader).
 newest_glibc() {
     "$py" -c 'import sys; from pyfile import elf; v = elf.read_file_needs(sys.argv[1]).newest("GLIBC"); print(elf.version_text(v) if v else "")' "$1"
@@ -112,16 +125,20 @@ vulkan)
     ;;
 cuda)
     lib=libggml-cuda.so
-    archs=${CUDA_ARCHS:-75;80;86;89;90}
-    nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-    [ -x "$nvcc" ] || die "nvcc not found (install the CUDA toolkit, or set NVCC)"
+    archs=${CUDA_ARCHS:-$cuda_archs_full}
+    cuda_home=${CUDA_HOME:-$(cuda_toolkit)} || die "nvcc not found (install the CUDA toolkit, or set CUDA_HOME)"
+    nvcc="$cuda_home/bin/nvcc"
+    [ -x "$nvcc" ] || die "no nvcc in $cuda_home/bin (set CUDA_HOME to a CUDA toolkit)"
+    # Compiled inside a Debian 11 root (gcc 10, glibc 2.31) with the toolkit mounted: the
+    # module then needs glibc 2.31 at most, whatever the builder runs.
+    groot=$("$here/scripts/debian11-root.sh" amd64 gcc) || die "cannot make the Debian 11 build root"
     # No VMM: no libcuda.so.1 link (the static runtime loads the driver when CUDA starts, so
     # the module loads everywhere). MMQ for every quantized product: the small BLAS in
     # native/cuda-blas carries only the float/half ones.
     flags="$common -DGGML_CUDA=ON -DGGML_CUDA_NO_VMM=ON -DGGML_CUDA_NCCL=OFF
            -DGGML_CUDA_FORCE_MMQ=ON -DGGML_CUDA_GRAPHS=ON"
-    key=$(printf '%s|%s|%s|%s|%s' "$version" "$flags" "$archs" "$("$nvcc" --version | tail -n 1)" \
-          "$(cat "$here"/native/cuda-blas/* | sha256sum)" | sha256sum | cut -c1-16)
+    key=$(printf '%s|%s|%s|%s|%s|%s' "$version" "$flags" "$archs" "$("$nvcc" --version | tail -n 1)" \
+          "$(cat "$here"/native/cuda-blas/*.* | sha256sum)" "$groot" | sha256sum | cut -c1-16)
     ;;
 rocm)
     lib=libggml-hip.so
@@ -152,14 +169,27 @@ if [ ! -f "$done_dir/$lib" ]; then
         archs_json=
         ;;
     cuda)
-        say "compiling the CUDA variant for $archs (~26 min per architecture on 2 cores; log: $build.log)"
+        say "compiling the CUDA variant for $archs in $groot (~26 min per architecture on 2 cores; log: $build.log)"
+        # The toolkit, the sources and the build folder appear at their own paths in the root.
+        mounted=
+        trap 'for m in $mounted; do umount "$m" 2>/dev/null; done' EXIT
+        mkdir -p "$build"
+        for d in "$cuda_home" "$src" "$here/native" "$build"; do
+            mkdir -p "$groot$d"
+            mount --bind "$d" "$groot$d" || die "cannot mount $d into $groot (needs root)"
+            mounted="$groot$d $mounted"
+        done
         # shellcheck disable=SC2086
-        cmake -S "$here/native/cuda-blas" -B "$build" -G "Unix Makefiles" $flags \
+        chroot "$groot" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp \
+            cmake -S "$here/native/cuda-blas" -B "$build" -G "Unix Makefiles" $flags \
             "-DGGML_SOURCE_DIR=$llama/ggml" "-DCMAKE_CUDA_COMPILER=$nvcc" \
-            "-DCMAKE_CUDA_ARCHITECTURES=$archs" > "$build.log" 2>&1 \
+            "-DCUDAToolkit_ROOT=$cuda_home" "-DCMAKE_CUDA_ARCHITECTURES=$archs" > "$build.log" 2>&1 \
             || die "cmake failed (see $build.log)"
-        cmake --build "$build" --target ggml-cuda -j "$jobs" >> "$build.log" 2>&1 \
+        chroot "$groot" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp \
+            cmake --build "$build" --target ggml-cuda -j "$jobs" >> "$build.log" 2>&1 \
             || die "the build failed (see $build.log)"
+        for m in $mounted; do umount "$m"; done
+        mounted=
         needs=  # the NVIDIA driver only: no CUDA runtime, no cuBLAS
         archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
         ;;

@@ -3,7 +3,7 @@
 # portability tests run pyfiles inside it with chroot. Cached under the dev cache, keyed by
 # what produced it. Prints the root's path on stdout. Needs root (debootstrap, chroot) and
 # the Debian mirror.
-#   scripts/debian11-root.sh [ARCH] [python|nopython]
+#   scripts/debian11-root.sh [ARCH] [python|nopython|gcc]
 # ARCH: amd64 (default) or arm64 (run through qemu-user-static and binfmt, installed and
 # enabled here when missing). python (default): with its own python3.9; nopython: minbase
 # without any Python (what a slim container image is).
@@ -11,7 +11,7 @@ set -eu
 arch=${1:-amd64}
 flavour=${2:-python}
 case $arch in amd64|arm64) ;; *) echo "pyfile: ARCH must be amd64 or arm64, not $arch" >&2; exit 2 ;; esac
-case $flavour in python|nopython) ;; *) echo "pyfile: the flavour must be python or nopython, not $flavour" >&2; exit 2 ;; esac
+case $flavour in python|nopython|gcc) ;; *) echo "pyfile: the flavour must be python, nopython or gcc, not $flavour" >&2; exit 2 ;; esac
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if [ "$arch/$flavour" = amd64/python ]; then  # the key the first root was made with
     key=$(printf 'bullseye|minbase|python3|%s' "$mirror" | sha256sum | cut -c1-12)
@@ -45,6 +45,7 @@ if [ "$arch" = arm64 ]; then
 fi
 include=
 [ "$flavour" = python ] && include=--include=python3
+[ "$flavour" = gcc ] && include=--include=g++,make,cmake
 tmp="$root.tmp"
 rm -rf "$tmp"
 mkdir -p "$(dirname "$root")"

@@ -193,12 +193,53 @@ def test_plan_too_old_compute_capability():
 
 def test_arch_rules():
     cuda, rocm, vulkan = (backends.get(k).arch_ok for k in ("cuda", "rocm", "vulkan"))
-    assert cuda(GPU("nvidia", 0, "x", 0, "sm_86"), ["80"])
-    assert not cuda(GPU("nvidia", 0, "x", 0, "sm_90"), ["80", "86"])
+    assert cuda(GPU("nvidia", 0, "x", 0, "sm_86"), ["80-real"])
+    assert not cuda(GPU("nvidia", 0, "x", 0, "sm_90"), ["80-real", "86-real"])
     assert not rocm(GPU("amd", 0, "x", 0, "gfx1101"), ["gfx1100"])
     assert rocm(GPU("amd", 0, "x", 0, "gfx1101"), [])
     assert vulkan(GPU("vulkan", 0, "x", 0, "Vulkan 1.2"), [])
     assert not vulkan(GPU("vulkan", 0, "x", 0, "Vulkan 1.1"), [])
+
+
+def sm(arch):
+    return GPU("nvidia", 0, "x", 0, arch)
+
+
+def test_cuda_arch_forms():
+    """CMake's spellings, as build-variant.sh records them: "-real" is machine code for one
+    major (newer minors run it), "-virtual" is PTX the driver compiles for any newer GPU, a
+    bare number is both, "120a" machine code runs on 12.0 only."""
+    ok = backends.get("cuda").arch_ok
+    full = ["75-real", "80-real", "86-real", "89-real", "90-real", "120-real", "90-virtual"]
+    assert [a for a in ("sm_61", "sm_75", "sm_87", "sm_100", "sm_121") if ok(sm(a), full)] == \
+        ["sm_75", "sm_87", "sm_100", "sm_121"]  # sm_61 predates them; 100/121 via PTX 90
+    assert ok(sm("sm_120"), ["75-virtual"]) and not ok(sm("sm_70"), ["75-virtual"])
+    assert ok(sm("sm_90"), ["80"]) and not ok(sm("sm_90"), ["80-real"])
+    assert ok(sm("sm_120"), ["120a-real"]) and not ok(sm("sm_121"), ["120a-real"])
+
+
+def test_plan_driver_too_old_for_the_variant():
+    """A driver whose CUDA version is older than the variant's toolkit is turned down before
+    anything loads, naming both versions and the driver to install."""
+    f = Finding("nvidia", [H100_GPU], None, True, "535.104.05", api=12020)
+    v = Variant("cuda", {"archs": ["90-real"], "needs": [], "cuda": "13.0"}, "/x.so")
+    gpu, problem, _ = plan_gpu("nvidia", f, v, libs_ok)
+    assert gpu is None
+    assert problem == ("the NVIDIA driver 535.104.05 supports CUDA 12.2, the CUDA variant needs "
+                       "CUDA 13.0 (update the driver to 580 or newer)")
+    f.api = 13000
+    assert plan_gpu("nvidia", f, v, libs_ok)[0] is H100_GPU
+
+
+def test_plan_glibc_too_old_for_the_variant(monkeypatch):
+    """A variant linked against a newer glibc than the system's is turned down with both
+    versions (ld.so would refuse it with a less helpful message)."""
+    monkeypatch.setattr(hardware, "glibc_version", lambda: "2.28")
+    v = Variant("cuda", {"archs": ["90-real"], "needs": [], "glibc": "2.31"}, "/x.so")
+    gpu, problem, _ = plan_gpu("nvidia", finding(H100_GPU), v, libs_ok)
+    assert gpu is None and problem == "the CUDA variant needs glibc 2.31, this system has 2.28"
+    monkeypatch.setattr(hardware, "glibc_version", lambda: "2.31")
+    assert plan_gpu("nvidia", finding(H100_GPU), v, libs_ok)[0] is H100_GPU
 
 
 def test_plan_driver_without_runtime_libraries(tmp_path):

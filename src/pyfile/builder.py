@@ -12,6 +12,7 @@ from . import __version__, elf, gguf, stub
 from .atomic import atomic_output
 from .runtime.container import argsfile
 from .runtime.container.archive import ARGS_NAME, LOCAL_SIG
+from .runtime.backend.choice import LIB_OF, VARIANTS_MEMBER
 from .runtime.backend.engine import ENGINE_VERSION, GGUF_MAGIC
 from .runtime.container.bundle import INTERPRETER_KIND
 from .runtime.container.manifest import MANIFEST_NAME, Manifest
@@ -257,13 +258,13 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
           align: int = DEFAULT_ALIGN, progress: Progress = None,
           on_start: Optional[Callable[[int], None]] = None,
           backends: List[str] = (), runtime: Optional[RuntimeOptions] = None,
-          sha256: bool = False, gpu_variants: bool = True,
+          sha256: bool = False, gpu_variants: "bool | Sequence[str]" = True,
           mmproj: Optional[str] = None) -> BuildResult:
     """Write ``output``: stub, model, extras, ``__main__.py``, ``.args``, runtime sources,
     GPU variants, runtime bundle, manifest.
 
     GPU variants: those given as ``backends`` (``KIND=DIR``) and, unless ``gpu_variants``
-    is False, every published one (:mod:`pyfile.variants`). The inputs and options are
+    is False, every published one (:mod:`pyfile.variants`), or those of the kinds it lists. The inputs and options are
     checked before the output is opened; the weights are copied by the kernel in the
     background from then on, while the runtime and variants are prepared and written after
     them (the output is a temp file until everything succeeded). ``on_start`` receives the
@@ -340,7 +341,8 @@ def build(model: str, output: str, extras: List[str] = (), args_text: str = "",
 
 def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: int,
                    progress: Progress, variants: Dict[str, VariantDir],
-                   runtime: RuntimeOptions, pythons: List[str], gpu_variants: bool,
+                   runtime: RuntimeOptions, pythons: List[str],
+                   gpu_variants: "bool | Sequence[str]",
                    sha256: bool, pairs: Dict[str, str],
                    carry: Sequence["Carried"] = ()) -> List[str]:
     """Every member and the central directory; the notes for the user.
@@ -361,7 +363,9 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
     notes: List[str] = []
     if gpu_variants:
         from .variants import published
-        variants = {**published(ENGINE_VERSION, list(variants), notes), **variants}
+        wanted = LIB_OF if gpu_variants is True else list(gpu_variants)
+        skip = list(variants) + [k for k in LIB_OF if k not in wanted]
+        variants = {**published(ENGINE_VERSION, skip, notes), **variants}
     rt_bundle = None
     if not runtime.slim:
         from . import bundle, engines
@@ -384,7 +388,7 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
     for kind, v in sorted(variants.items()):
         members = []
         for lib in v.libs:
-            name = f".pyfile/variants/{kind}/{lib}"
+            name = f"{VARIANTS_MEMBER}/{kind}/{lib}"
             size, crc, digest, deflated = _library(os.path.join(v.folder, lib))
             w.add_prepared(name, None, size, crc, digest, deflated)
             kinds[name] = ("variant", 1)

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 import click
 
 from . import __version__
-from .runtime.errors import PyfileError
+from .runtime.errors import PyfileError, UsageError
 from .runtime.rpc.protocol import DEFAULT_PORT as DEFAULT_RPC_PORT
 
 BAR_THRESHOLD = 64 << 20
@@ -68,6 +68,8 @@ def cli() -> None:
               help="Pack the GPU variant in DIR (from scripts/build-variant.sh KIND DIR).")
 @click.option("--no-gpu-variants", "no_gpu_variants", is_flag=True,
               help="Leave out the GPU variants packed by default (those in $PYFILE_VARIANTS).")
+@click.option("--gpu-variants", "gpu_kinds", default=None, metavar="KIND[,KIND]",
+              help="Pack only these of the published GPU variants: cuda, rocm, vulkan.")
 @click.option("--slim", is_flag=True,
               help="Leave the runtime out: the target needs llama-cpp-python installed.")
 @click.option("--arch", "arches", default=None, metavar="MACHINE[,MACHINE]",
@@ -93,7 +95,7 @@ def build(model: str, extra: List[str], output: str, args_text: str,
           args_file: Any, align: int, backends: List[str], no_gpu_variants: bool, slim: bool,
           pythons: Optional[str], wheel_dir: Optional[str], engine_wheel: Optional[str],
           sha256: bool, allow_unportable_engine: bool, mmproj: Optional[str],
-          arches: Optional[str]) -> None:
+          arches: Optional[str], gpu_kinds: Optional[str]) -> None:
     """Pack MODEL (a .gguf, or a zip holding one) and EXTRA files into OUTPUT.
 
     EXTRA may hold more models (the file serves them all; MODEL is the default) and
@@ -102,13 +104,21 @@ def build(model: str, extra: List[str], output: str, args_text: str,
     align = DEFAULT_ALIGN if align is None else align
     if args_file is not None:
         args_text = args_file.read()
+    gpu_variants: Any = not no_gpu_variants
+    if gpu_kinds is not None and not no_gpu_variants:
+        from .runtime.backend.choice import LIB_OF
+        gpu_variants = [k.strip() for k in gpu_kinds.split(",") if k.strip()]
+        unknown = [k for k in gpu_variants if k not in LIB_OF]
+        if unknown:
+            raise UsageError(f"--gpu-variants: unknown kind {unknown[0]!r} (choose from "
+                             f"{', '.join(LIB_OF)})")
     bar = _Bar("building")
     runtime = RuntimeOptions(slim, pythons, wheel_dir, engine_wheel, allow_unportable_engine,
                              arches)
     try:
         result = do_build(model, output, list(extra), args_text, align, progress=bar.update,
                           on_start=bar.start, backends=list(backends), runtime=runtime,
-                          sha256=sha256, gpu_variants=not no_gpu_variants, mmproj=mmproj)
+                          sha256=sha256, gpu_variants=gpu_variants, mmproj=mmproj)
     finally:
         bar.finish()
     for note in result.notes:

@@ -22,6 +22,8 @@ from .runtime.errors import InputError, UsageError
 
 #: Where published variants are looked for (shared with scripts/build-variant.sh).
 VARIANTS_ENV = "PYFILE_VARIANTS"
+#: The file a source variant (compiled on the target) must hold: ggml's GPU backend.
+COMPILE_ENTRY = os.path.join("ggml", "src", "ggml-cuda", "ggml-cuda.cu")
 #: Newest glibc a library packed by default may need: the one every pyfile promises.
 GLIBC_MAX = PROMISED_GLIBC
 
@@ -46,10 +48,6 @@ def read_dir(kind: str, folder: str, what: str) -> VariantDir:
     """Check and read one variant folder; ``what`` names it in errors."""
     if not os.path.isdir(folder):
         raise InputError(f"{what}: {folder} is not a folder")
-    libs = sorted(n for n in os.listdir(folder)
-                  if (n.endswith(".so") or ".so." in n) and os.path.isfile(os.path.join(folder, n)))
-    if LIB_OF[kind] not in libs:
-        raise InputError(f"{what}: {folder} has no {LIB_OF[kind]}")
     requires: Any = {}
     meta = os.path.join(folder, "variant.json")
     if os.path.isfile(meta):
@@ -58,7 +56,18 @@ def read_dir(kind: str, folder: str, what: str) -> VariantDir:
                 requires = json.load(f)
         except ValueError as e:
             raise InputError(f"{meta}: not valid JSON: {e}") from None
-    return VariantDir(kind, folder, libs, requires if isinstance(requires, dict) else {})
+    requires = requires if isinstance(requires, dict) else {}
+    if requires.get("compile"):  # sources the target compiles on first use: every file
+        files = sorted(os.path.relpath(os.path.join(d, n), folder)
+                       for d, _, names in os.walk(folder) for n in names if n != "variant.json")
+        if COMPILE_ENTRY not in files:
+            raise InputError(f"{what}: {folder} has no {COMPILE_ENTRY}")
+        return VariantDir(kind, folder, files, requires)
+    libs = sorted(n for n in os.listdir(folder)
+                  if (n.endswith(".so") or ".so." in n) and os.path.isfile(os.path.join(folder, n)))
+    if LIB_OF[kind] not in libs:
+        raise InputError(f"{what}: {folder} has no {LIB_OF[kind]}")
+    return VariantDir(kind, folder, libs, requires)
 
 
 def read_specs(specs: List[str]) -> Dict[str, VariantDir]:
@@ -88,7 +97,8 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
         if b.kind in skip:
             continue
         folder = os.path.join(root, b.kind)
-        if not os.path.isfile(os.path.join(folder, b.lib)):
+        if not (os.path.isfile(os.path.join(folder, b.lib))
+                or os.path.isfile(os.path.join(folder, COMPILE_ENTRY))):
             if b.setup_builds:
                 notes.append(f"this file carries no {b.title} variant (none built in {root}; "
                              f"`make setup` or scripts/build-variant.sh {b.kind} builds it)")
@@ -98,6 +108,9 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
         if engine and built_for and built_for != f"llama-cpp-python {engine}":
             notes.append(f"left out the {b.title} variant in {folder}: built for {built_for}, "
                          f"this engine is llama-cpp-python {engine}")
+            continue
+        if v.requires.get("compile"):  # sources: nothing to read from a library
+            out[b.kind] = v
             continue
         try:  # what the library needs, read from it (variant.json's word is not taken)
             glibc = library(os.path.join(folder, b.lib)).glibc

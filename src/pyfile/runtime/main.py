@@ -108,7 +108,7 @@ def run(path: str, argv: List[str]) -> int:
         from .backend.engine import import_llama_cpp
         from .rpc.worker import serve_worker
         sel = choice.select(source, opts.gpu, opts.verbose, manifest=manifest,
-                            archive_path=path)
+                            archive_path=path, recompile=opts.recompile)
         return serve_worker(import_llama_cpp(), opts.host, opts.port, sel.kind)
     if mode == "server":
         from .server.app import serve

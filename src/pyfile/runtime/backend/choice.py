@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import cpu
 from . import hardware
+from .compile import CompileError
 from .engine import ModelSource, import_llama_cpp
 from ..errors import BackendError
 from ..container.versions import parse
@@ -46,6 +47,7 @@ class Backend:
     lib_dirs: Callable[[Mapping[str, str]], List[str]]  # where users have those libraries
     arch_ok: Callable[[hardware.GPU, List[str]], bool]  # (GPU, the variant's archs)
     hint: str  # how to install missing runtime libraries
+    driver_ok: Callable[[hardware.Finding, Dict[str, Any]], Optional[str]] = lambda f, r: None
     devices_env: Optional[str] = None  # ggml's device filter, set to the devices chosen
     setup_builds: bool = False  # `make setup` builds it; `pyfile build` notes when absent
 
@@ -81,11 +83,67 @@ def _system_dirs(env: Mapping[str, str]) -> List[str]:
                              "/usr/lib", "/usr/lib/wsl/lib"]
 
 
+def _cc(text: str) -> Tuple[int, str]:
+    """"sm_86" -> (86, ""); "120a" -> (120, "a"): a compute capability and its suffix."""
+    digits = "".join(c for c in text if c.isdigit())
+    return (int(digits) if digits else 0), text[len(text.rstrip("af")):]
+
+
 def _sm_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
-    have = int(gpu.arch[3:] or 0) if gpu.arch.startswith("sm_") else 0
-    # CUDA code for sm_XY runs on sm_XZ (Z >= Y) and PTX (if shipped) on newer majors.
-    return not archs or any(have // 10 == int(a) // 10 and have >= int(a)
-                            for a in archs if a.isdigit())
+    """Whether a variant built for ``archs`` (CMake's spellings: "86-real" machine code,
+    "90-virtual" PTX, "75" both) has code this GPU runs. Machine code for sm_XY runs on
+    sm_XZ with Z >= Y (an "a"/"f" feature build only on its own XY); PTX is compiled by the
+    driver for any GPU at least as new."""
+    if not archs:
+        return True
+    have = _cc(gpu.arch)[0] if gpu.arch.startswith("sm_") else 0
+    for spec in archs:
+        arch, _, form = spec.partition("-")
+        cc, suffix = _cc(arch)
+        if not cc:
+            continue
+        if form in ("", "real") and (have == cc if suffix else
+                                     have // 10 == cc // 10 and have >= cc):
+            return True
+        if form in ("", "virtual") and have >= cc:
+            return True
+    return False
+
+
+def _cuda_driver(finding: hardware.Finding, requires: Dict[str, Any]) -> Optional[str]:
+    """Why this machine's NVIDIA driver cannot run the variant (None when it can): the
+    variant's CUDA runtime and its PTX need a driver that supports that CUDA version."""
+    need = requires.get("cuda")
+    if not isinstance(need, str) or finding.api is None:
+        return None
+    try:
+        major, minor = parse(need)[:2]
+    except ValueError:
+        return None
+    if finding.api >= major * 1000 + minor * 10:
+        return None
+    have = f"{finding.api // 1000}.{finding.api % 1000 // 10}"
+    driver = f"the NVIDIA driver {finding.driver}" if finding.driver else "the NVIDIA driver"
+    floor = CUDA_DRIVER_FLOOR.get(major)
+    fix = f"update the driver to {floor} or newer" if floor else "update the driver"
+    return f"{driver} supports CUDA {have}, the CUDA variant needs CUDA {need} ({fix})"
+
+
+#: The oldest Linux driver of each CUDA major (NVIDIA's compatibility tables).
+CUDA_DRIVER_FLOOR = {12: "525", 13: "580"}
+
+
+def _glibc(requires: Dict[str, Any], title: str) -> Optional[str]:
+    """Why this system's glibc is too old for the variant (None when it is not)."""
+    need, have = requires.get("glibc"), hardware.glibc_version()
+    if not isinstance(need, str) or not have or need == "none":
+        return None
+    try:
+        if parse(have)[:2] >= parse(need)[:2]:
+            return None
+    except ValueError:
+        return None
+    return f"the {title} variant needs glibc {need}, this system has {have}"
 
 
 def _gfx_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
@@ -105,7 +163,8 @@ BACKENDS: Tuple[Backend, ...] = (
     Backend("cuda", "nvidia", ("cuda", "cublas"), "CUDA", "NVIDIA", "libggml-cuda.so",
             lambda root, env, explicit: hardware.find_nvidia(root, env),
             ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"), _cuda_dirs, _sm_ok,
-            "pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit"),
+            "pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit",
+            driver_ok=_cuda_driver),
     Backend("rocm", "amd", ("rocm", "hip"), "ROCm", "AMD", "libggml-hip.so",
             lambda root, env, explicit: hardware.find_amd(root, env),
             ("libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"), _rocm_dirs, _gfx_ok,
@@ -116,6 +175,8 @@ BACKENDS: Tuple[Backend, ...] = (
             "install the Vulkan loader: libvulkan1 on Debian/Ubuntu, vulkan-loader on Fedora",
             devices_env="GGML_VK_VISIBLE_DEVICES", setup_builds=True),
 )
+#: The folder of the file that holds packed variants (``<this>/<kind>/<files>``).
+VARIANTS_MEMBER = ".pyfile/variants"
 #: --gpu values that mean "no GPU".
 CPU_NAMES = ("cpu", "disable", "disabled", "none")
 #: Packable variant kinds and the library each must contain.
@@ -183,8 +244,9 @@ def packed_variants(manifest: Optional[Manifest]) -> Dict[str, Variant]:
     out: Dict[str, Variant] = {}
     for kind, spec in (manifest.variants if manifest else {}).items():
         if kind in LIB_OF:
-            files = [(m, m.rsplit("/", 1)[-1]) for m in spec.get("members", [])
-                     if isinstance(m, str)]
+            prefix = f"{VARIANTS_MEMBER}/{kind}/"
+            files = [(m, m[len(prefix):] if m.startswith(prefix) else m.rsplit("/", 1)[-1])
+                     for m in spec.get("members", []) if isinstance(m, str)]
             out[kind] = Variant(kind, dict(spec.get("requires", {})), None, files)
     return out
 
@@ -241,6 +303,9 @@ def plan_gpu(backend: Union[Backend, str], finding: hardware.Finding, variant: O
         built = f" (built for {', '.join(archs)})" if archs else ""
         return None, (f"{gpu.name} is {gpu.arch}, which the {be.title} variant has no kernels "
                       f"for{built}"), []
+    problem = be.driver_ok(finding, variant.requires) or _glibc(variant.requires, be.title)
+    if problem:
+        return None, problem, []
     found, missing = libs(be.kind, variant.requires)
     if missing:
         return None, (f"{gpu.name} found, but the {be.title} runtime libraries are missing: "
@@ -261,13 +326,14 @@ class _Choice:
 def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
            manifest: Optional[Manifest] = None, archive_path: Optional[str] = None,
            n_gpu_layers: Optional[int] = None, n_layers: Optional[int] = None,
-           root: str = "/") -> Selection:
+           root: Optional[str] = None, recompile: bool = False) -> Selection:
     """Load the best usable backend into this process and describe it.
 
     ``gpu_flag`` is "auto", "cpu" or a backend's --gpu value. ``auto`` tries the backends
     in :data:`BACKENDS` order, then the CPU; an explicit backend that cannot be used raises
     :class:`BackendError` naming what is missing.
     """
+    root = root or hardware.system_root()
     llama_cpp = import_llama_cpp()
     from . import logs
     logs.route(llama_cpp, verbose)  # ggml logs while loading backends; quiet unless -v
@@ -285,7 +351,7 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     for be in order:
         finding = be.find(root, os.environ, explicit)
         choice, problem = _attempt(be, finding, variants.get(be.kind), source, chosen, engine,
-                                   verdicts, archive_path, n_gpu_layers)
+                                   verdicts, archive_path, n_gpu_layers, recompile)
         if choice is not None:
             break
         if explicit:
@@ -325,7 +391,7 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
 
 def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
              source: ModelSource, chosen: cpu.Candidate, engine: str, verdicts: cpu.Verdicts,
-             archive_path: Optional[str], n_gpu_layers: Optional[int]
+             archive_path: Optional[str], n_gpu_layers: Optional[int], recompile: bool = False
              ) -> Tuple[Optional[_Choice], Optional[str]]:
     """Plan one backend and run (or recall) its probe: (choice, None) or (None, problem)."""
     gpu, problem, libs = plan_gpu(be, finding, variant, find_runtime_libs)
@@ -335,7 +401,12 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
     if set_env:  # ggml's own filter: only the devices we chose (children inherit it)
         os.environ[str(be.devices_env)] = ",".join(str(g.index) for g in finding.gpus)
     if variant.path is None:
-        variant.path = _extract(archive_path, variant)
+        try:
+            variant.path = (_compile(archive_path, variant, gpu, recompile)
+                            if variant.requires.get("compile") else
+                            _extract(archive_path, variant))
+        except CompileError as e:
+            return None, f"the {be.title} backend could not be compiled here: {e}"
     ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     key = cpu.verdict_key(engine, be.kind, cpu.file_id(variant.path), gpu.name,
                           str(finding.driver), source.name, str(source.size), str(ngl),
@@ -355,14 +426,28 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
     return None, f"the {be.title} variant failed its first computation on {gpu.name} ({why})"
 
 
-def _extract(archive_path: Optional[str], variant: Variant) -> str:
+def _compile(archive_path: Optional[str], variant: Variant, gpu: hardware.GPU,
+             force: bool) -> str:
+    """A variant carried as sources: compiled for this GPU on first use (see ``compile``)."""
+    from .compile import hip_variant
+    if variant.requires.get("compile") != "hip":
+        raise CompileError(f"this pyfile cannot compile a {variant.requires['compile']!r} "
+                           f"backend")
+    folder = _extract(archive_path, variant, library=False)
+    llama_cpp = import_llama_cpp()
+    base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
+                        "libggml-base.so")
+    return hip_variant(folder, os.path.basename(folder), gpu.arch, base, force)
+
+
+def _extract(archive_path: Optional[str], variant: Variant, library: bool = True) -> str:
     from ..container.archive import Archive
     from ..container.extract import extract
     if archive_path is None:
         raise BackendError(f"the {variant.kind} variant is packed but no archive is open")
     with Archive.open(archive_path) as arch:
         folder = extract(arch, variant.packed)
-    return os.path.join(folder, LIB_OF[variant.kind])
+    return os.path.join(folder, LIB_OF[variant.kind]) if library else folder
 
 
 def report(sel: Selection) -> None:

@@ -47,9 +47,14 @@ if spec["backends"]:
     ggml = ctypes.CDLL("libggml.so.0")
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
     for lib in spec["backends"]:
-        if not ggml.ggml_backend_load(lib.encode()):
+        reg = ggml.ggml_backend_load(lib.encode())
+        if not reg:
             sys.exit(3)
+        if not ggml.ggml_backend_reg_dev_count(reg):  # loaded, but its driver gave no device
+            sys.exit(7)
 libc = ctypes.CDLL(None)
 libc.fdopen.restype = ctypes.c_void_p
 libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
@@ -234,7 +239,7 @@ def run_probe(spec: Dict[str, Any]) -> Tuple[bool, str]:
             name = f"signal {-r.returncode}"
         return False, f"crashed with {name}"
     reasons = {3: "would not load", 4: "could not load the model", 5: "no context",
-               6: "decode failed"}
+               6: "decode failed", 7: "it loaded, but its driver reported no device"}
     if r.returncode not in reasons:  # the probe itself broke: no verdict on the variant
         tail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         raise BackendError(f"the backend probe failed to run (exit {r.returncode}: {tail[0]})")

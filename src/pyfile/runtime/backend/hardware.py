@@ -45,6 +45,26 @@ class Finding:
     problem: Optional[str] = None  # why none is usable, in words a user can act on
     present: bool = False  # some sign of this vendor's hardware or driver
     driver: Optional[str] = None
+    api: Optional[int] = None  # the newest CUDA version the driver supports (12040 = 12.4)
+
+
+#: Lets tests (and anyone reproducing a report) show the finders a simulated machine: a
+#: folder holding ``proc/``, ``sys/`` and ``dev/`` as the real ones would.
+ROOT_ENV = "PYFILE_HARDWARE_ROOT"
+
+
+def system_root(env: Mapping[str, str] = os.environ) -> str:
+    return env.get(ROOT_ENV) or "/"
+
+
+def glibc_version() -> Optional[str]:
+    """This process's glibc ("2.31"), None on another C library."""
+    try:
+        text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        return None
+    name, _, version = text.partition(" ")
+    return version if name == "glibc" and version else None
 
 
 def _read(path: str, limit: int = 1 << 16) -> Optional[str]:
@@ -162,6 +182,8 @@ def find_nvidia(root: str = "/", env: Mapping[str, str] = os.environ,
         code = answer.get("code")
         f.problem = f"{answer['error']}" + (f": {CUDA_ERRORS[code]}" if code in CUDA_ERRORS else "")
         return f
+    if isinstance(answer.get("driver_cuda"), int) and answer["driver_cuda"] > 0:
+        f.api = answer["driver_cuda"]
     for i, g in enumerate(answer.get("gpus", [])):
         f.gpus.append(GPU("nvidia", i, str(g.get("name", "NVIDIA GPU")), int(g.get("memory", 0)),
                           f"sm_{int(g.get('major', 0))}{int(g.get('minor', 0))}",

@@ -25,7 +25,8 @@ class Loader:
         self.selection = choice.select(source, opts.gpu, opts.verbose, manifest=manifest,
                                          archive_path=archive_path,
                                          n_gpu_layers=opts.n_gpu_layers,
-                                         n_layers=summary.get("block_count"))
+                                         n_layers=summary.get("block_count"),
+                                         recompile=opts.recompile)
         if opts.rpc:
             from ..rpc.client import add_workers
             from ..rpc.protocol import parse_endpoints
