@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pyfile-setup
 DEMO   := smollm2.pyfile
 
-.PHONY: setup tools model demo test test-fast bench clean
+.PHONY: setup tools model demo test test-fast bench clean gpu
 
 setup: $(STAMP)
 
@@ -35,7 +35,14 @@ $(STAMP): pyproject.toml src/pyfile/engines.py src/pyfile/carried.py scripts/bui
 	@# The Vulkan variant `pyfile build` packs by default (cached like the engine, ~5 min once).
 	@PYTHON=$(PY) scripts/build-variant.sh vulkan >/dev/null || \
 	  echo "pyfile: no Vulkan variant built (see above); pyfile build will say so" >&2
+	@# ggml's GPU sources, which a file compiles with the user's ROCm on first use (~1 s).
+	@PYTHON=$(PY) scripts/build-variant.sh rocm >/dev/null
 	@touch $@
+
+# The CUDA variant for every architecture from Turing to Blackwell (hours on 2 cores; cached,
+# and packed by every later `pyfile build`). CUDA_ARCHS=75-virtual builds the smallest one.
+gpu: setup
+	PYTHON=$(PY) scripts/build-variant.sh cuda
 
 tools:
 	@scripts/install-tools.sh

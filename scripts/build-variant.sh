@@ -6,18 +6,21 @@
 #   scripts/build-variant.sh vulkan [OUTDIR]  # libggml-vulkan.so: zig (glibc 2.28 target),
 #                                             # Debian 13's Vulkan headers, glslc; ~5 min
 #   scripts/build-variant.sh cuda [OUTDIR]    # libggml-cuda.so needing only the NVIDIA driver
-#                                             # (nvcc 12/13 on the builder; ~26 min per arch)
-#   scripts/build-variant.sh rocm [OUTDIR]    # libggml-hip.so (needs hipcc/ROCm; not on our CI)
+#                                             # and glibc 2.31: nvcc 13 in a Debian 11 root;
+#                                             # `make gpu`; PTX-only 75: ~40 min, each real
+#                                             # architecture roughly as much again
+#   scripts/build-variant.sh rocm [OUTDIR]    # ggml's GPU sources and pyfile's BLAS, which a
+#                                             # file compiles with the user's hipcc on first
+#                                             # use (nothing compiled here; ~1 s)
 #
 # Every variant is built once into a folder keyed by what produced it
 # (~/.cache/pyfile-dev/variant-KIND-VERSION-KEY/) and published as
 # $PYFILE_VARIANTS/KIND (default ~/.cache/pyfile-dev/variants/KIND, a symlink), where
 # `pyfile build` finds it and packs it by default. With OUTDIR the variant is copied there too.
-# Prints the folder holding the variant (the library and its variant.json) on stdout.
+# Prints the folder holding the variant (the library or sources, and variant.json) on stdout.
 #
-# Environment: CUDA_ARCHS (default "75;80;86;89;90"), NVCC, AMDGPU_TARGETS, JOBS (default
-# nproc), PYTHON. A CUDA variant for one architecture takes ~26 min on 2 cores; each more
-# adds roughly that.
+# Environment: CUDA_ARCHS (CMake's list; default: machine code for sm_75, 80, 86, 89, 90 and
+# 120, PTX of compute_90 for newer GPUs), CUDA_HOME, JOBS (default nproc), PYTHON.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 usage="usage: build-variant.sh vulkan|cuda|rocm [OUTDIR]"
@@ -122,6 +125,8 @@ vulkan)
     flags="$common -DGGML_VULKAN=ON -DGGML_OPENMP=OFF"
     key=$(printf '%s|%s|%s|%s|%s|%s' "$version" "$flags" "$zig_version" "$vk_deb" "$spirv_deb" \
           "$glslc_version" | sha256sum | cut -c1-16)
+    needs='"libvulkan.so.1"'
+    archs_json=
     ;;
 cuda)
     lib=libggml-cuda.so
@@ -139,14 +144,23 @@ cuda)
            -DGGML_CUDA_FORCE_MMQ=ON -DGGML_CUDA_GRAPHS=ON"
     key=$(printf '%s|%s|%s|%s|%s|%s' "$version" "$flags" "$archs" "$("$nvcc" --version | tail -n 1)" \
           "$(cat "$here"/native/cuda-blas/*.* | sha256sum)" "$groot" | sha256sum | cut -c1-16)
+    needs=  # the NVIDIA driver only: no CUDA runtime, no cuBLAS
+    archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+    # The CUDA version the driver must support: the toolkit's (runtime and PTX).
+    extra=$(printf ', "cuda": "%s"' "$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')")
     ;;
 rocm)
-    lib=libggml-hip.so
-    archs=${AMDGPU_TARGETS:-gfx90a;gfx942;gfx1030;gfx1100}
-    flags="$common -DGGML_HIP=ON"
-    key=$(printf '%s|%s|%s' "$version" "$flags" "$archs" | sha256sum | cut -c1-16)
+    # Sources: what ggml's HIP backend compiles (compile.py picks the units), its headers,
+    # and pyfile's BLAS with its HIP names.
+    lib=ggml/src/ggml-cuda/ggml-cuda.cu
+    needs=
+    archs_json=
+    extra=', "compile": "hip"'
+    key=$( (cd "$llama" && find ggml/include ggml/src/*.h ggml/src/ggml-cuda -type f | sort | xargs cat;
+            cd "$here/native/cuda-blas" && find . -type f | sort | xargs cat) | sha256sum | cut -c1-16)
     ;;
 esac
+extra=${extra:-}
 
 done_dir="$cache/variant-$kind-$version-$key"
 build="$cache/build-$kind-$version-$key"
@@ -165,14 +179,15 @@ if [ ! -f "$done_dir/$lib" ]; then
             || die "cmake failed (see $build.log)"
         cmake --build "$build" --target ggml-vulkan -j "$jobs" >> "$build.log" 2>&1 \
             || die "the build failed (see $build.log)"
-        needs='"libvulkan.so.1"'
-        archs_json=
         ;;
     cuda)
         say "compiling the CUDA variant for $archs in $groot (~26 min per architecture on 2 cores; log: $build.log)"
         # The toolkit, the sources and the build folder appear at their own paths in the root.
         mounted=
-        trap 'for m in $mounted; do umount "$m" 2>/dev/null; done' EXIT
+        unmount() { for m in $mounted; do umount "$m" 2>/dev/null; done; mounted=; }
+        trap unmount EXIT
+        trap 'unmount; exit 130' INT
+        trap 'unmount; exit 143' TERM
         mkdir -p "$build"
         for d in "$cuda_home" "$src" "$here/native" "$build"; do
             mkdir -p "$groot$d"
@@ -188,37 +203,43 @@ if [ ! -f "$done_dir/$lib" ]; then
         chroot "$groot" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp \
             cmake --build "$build" --target ggml-cuda -j "$jobs" >> "$build.log" 2>&1 \
             || die "the build failed (see $build.log)"
-        for m in $mounted; do umount "$m"; done
-        mounted=
-        needs=  # the NVIDIA driver only: no CUDA runtime, no cuBLAS
-        archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+        unmount
         ;;
     rocm)
-        command -v hipcc >/dev/null 2>&1 || die "hipcc not found (install ROCm)"
-        # shellcheck disable=SC2086
-        cmake -S "$llama" -B "$build" $flags "-DAMDGPU_TARGETS=$archs" \
-            -DCMAKE_HIP_COMPILER="$(hipconfig -l)/clang" >&2
-        cmake --build "$build" --target ggml-hip -j "$jobs" >&2
-        needs='"libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"'
-        archs_json=$(printf '%s' "$archs" | tr ';' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+        rm -rf "$done_dir.tmp"
+        mkdir -p "$done_dir.tmp/blas"
+        (cd "$llama" && find ggml/include ggml/src/*.h ggml/src/ggml-cuda -type f \
+            \( -name '*.h' -o -name '*.cuh' -o -name '*.cu' \) | tar -cf - -T -) \
+            | tar -xf - -C "$done_dir.tmp" || die "cannot copy ggml's sources"
+        cp -r "$here/native/cuda-blas/blas.cu" "$here/native/cuda-blas/cublas_v2.h" \
+            "$here/native/cuda-blas/hip" "$done_dir.tmp/blas/"
+        rm -rf "$done_dir"
+        mv "$done_dir.tmp" "$done_dir"
         ;;
     esac
-    so=$(find "$build" -name "$lib" | head -n 1)
-    [ -n "$so" ] || die "the build produced no $lib (see $build)"
-    rm -rf "$done_dir.tmp"
-    mkdir -p "$done_dir.tmp"
-    cp "$so" "$done_dir.tmp/$lib"
-    strip --strip-unneeded "$done_dir.tmp/$lib"
-    glibc=$(newest_glibc "$done_dir.tmp/$lib")
-    if [ "$kind" = vulkan ] && [ "$(printf '%s\n%s\n' "$glibc" "$glibc_max" | sort -V | tail -n 1)" != "$glibc_max" ]; then
+    if [ "$kind" != rocm ]; then
+        so=$(find "$build" -name "$lib" | head -n 1)
+        [ -n "$so" ] || die "the build produced no $lib (see $build)"
+        rm -rf "$done_dir.tmp"
+        mkdir -p "$done_dir.tmp"
+        cp "$so" "$done_dir.tmp/$lib"
+        strip --strip-unneeded "$done_dir.tmp/$lib"
+        rm -rf "$done_dir"
+        mv "$done_dir.tmp" "$done_dir"
+    fi
+fi
+# What the variant needs at run time (`pyfile build` packs this file with it), written on
+# every run from the library itself.
+glibc=none
+if [ "$kind" != rocm ]; then
+    glibc=$(newest_glibc "$done_dir/$lib")
+    if [ "$(printf '%s\n%s\n' "$glibc" "$glibc_max" | sort -V | tail -n 1)" != "$glibc_max" ]; then
         die "$lib needs GLIBC_$glibc, newer than the $glibc_max every pyfile promises"
     fi
-    # What the variant needs at run time; `pyfile build` packs this file with it.
-    printf '{"kind": "%s", "engine": "llama-cpp-python %s", "archs": [%s], "needs": [%s], "glibc": "%s"}\n' \
-        "$kind" "$version" "$archs_json" "$needs" "$glibc" > "$done_dir.tmp/variant.json"
-    rm -rf "$done_dir"
-    mv "$done_dir.tmp" "$done_dir"
 fi
+printf '{"kind": "%s", "engine": "llama-cpp-python %s", "archs": [%s], "needs": [%s], "glibc": "%s"%s}\n' \
+    "$kind" "$version" "$archs_json" "$needs" "$glibc" "$extra" > "$done_dir/.variant.json.tmp"
+mv "$done_dir/.variant.json.tmp" "$done_dir/variant.json"
 # Publish: $variants/KIND points at the newest build of this kind (an atomic symlink swap).
 mkdir -p "$variants"
 ln -sfn "$done_dir" "$variants/.$kind.tmp"
@@ -226,7 +247,7 @@ mv -T "$variants/.$kind.tmp" "$variants/$kind"
 if [ -n "$out" ]; then
     mkdir -p "$out"
     if [ "$(cd "$out" && pwd -P)" != "$(cd "$done_dir" && pwd -P)" ]; then
-        cp "$done_dir/$lib" "$done_dir/variant.json" "$out/"
+        cp -r "$done_dir/." "$out/"
     fi
     echo "$out"
 else

@@ -389,7 +389,8 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
         members = []
         for lib in v.libs:
             name = f"{VARIANTS_MEMBER}/{kind}/{lib}"
-            size, crc, digest, deflated = _library(os.path.join(v.folder, lib))
+            size, crc, digest, deflated = (_source if v.requires.get("compile") else _library)(
+                os.path.join(v.folder, lib))
             w.add_prepared(name, None, size, crc, digest, deflated)
             kinds[name] = ("variant", 1)
             members.append(name)
@@ -438,6 +439,14 @@ def record_models(man: Manifest, sources: List[Source], pairs: Dict[str, str]) -
     for src in sources:
         if src.name in pairs:
             man.pair(pairs[src.name], src.name, src.info.summary())
+
+
+def _source(path: str) -> Tuple[int, int, str, bytes]:
+    """(size, CRC-32, SHA-256, raw deflate stream) of a source file a variant carries."""
+    import hashlib
+    from .runtime.container.archive import crc32
+    data = _read(path)
+    return len(data), crc32(data), hashlib.sha256(data).hexdigest(), deflate(data)
 
 
 def _library(path: str) -> Tuple[int, int, str, bytes]:

@@ -1,4 +1,5 @@
-"""``pyfile cache list|prune``: the unpacked runtimes and GPU variants on this machine.
+"""``pyfile cache list|prune``: the unpacked runtimes, GPU variants and GPU backends compiled
+on first use on this machine.
 
 A folder is in use while some process holds a shared lock on ``<folder>.lock`` (every
 pyfile run does, for its whole life). Prune takes the exclusive lock without waiting and
@@ -19,7 +20,7 @@ from typing import Iterator, List, Tuple
 from .runtime.container import atomic
 from .runtime.container.paths import run_cache
 
-KINDS = ("runtime", "native")
+KINDS = ("runtime", "native", "compiled")
 
 
 @dataclass

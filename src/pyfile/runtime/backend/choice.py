@@ -167,8 +167,8 @@ BACKENDS: Tuple[Backend, ...] = (
             driver_ok=_cuda_driver),
     Backend("rocm", "amd", ("rocm", "hip"), "ROCm", "AMD", "libggml-hip.so",
             lambda root, env, explicit: hardware.find_amd(root, env),
-            ("libamdhip64.so.6", "librocblas.so.4", "libhipblas.so.2"), _rocm_dirs, _gfx_ok,
-            "install ROCm 6 (hip, rocblas, hipblas)"),
+            ("libamdhip64.so.6",), _rocm_dirs, _gfx_ok,
+            "install ROCm 6.1 or newer (its hipcc compiles the backend on first use)"),
     Backend("vulkan", "vulkan", ("vk",), "Vulkan", "Vulkan", "libggml-vulkan.so",
             lambda root, env, explicit: hardware.find_vulkan(root, env, explicit=explicit),
             ("libvulkan.so.1",), _system_dirs, _vulkan_ok,
@@ -406,7 +406,7 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
                             if variant.requires.get("compile") else
                             _extract(archive_path, variant))
         except CompileError as e:
-            return None, f"the {be.title} backend could not be compiled here: {e}"
+            return None, f"cannot compile the {be.title} backend here ({e})"
     ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     key = cpu.verdict_key(engine, be.kind, cpu.file_id(variant.path), gpu.name,
                           str(finding.driver), source.name, str(source.size), str(ngl),

@@ -72,7 +72,7 @@ def rocm_version(hipcc: str) -> str:
 def check_rocm(version: str) -> None:
     if parse(version)[:2] < ROCM_MIN:
         raise CompileError(f"ROCm {version} is older than the {'.'.join(map(str, ROCM_MIN))} "
-                           f"ggml's GPU backend needs (install ROCm 6.1 or newer)")
+                           f"ggml's GPU backend needs; install ROCm 6.1 or newer")
 
 
 def sources(folder: str) -> List[str]:
@@ -181,22 +181,25 @@ def hip_variant(source_folder: str, source_key: str, gfx: str, ggml_base: str,
     from ..container.paths import run_cache
     hipcc = find_hipcc(env)
     if hipcc is None:
-        raise CompileError("no hipcc found (install ROCm 6.1+ or set ROCM_PATH) to compile "
-                           "the ROCm backend")
+        raise CompileError("no hipcc found; install ROCm 6.1 or newer, or set ROCM_PATH")
     version = rocm_version(hipcc)
     check_rocm(version)
     key = compile_key(source_key, version, gfx)
-    target = os.path.join(run_cache(), "compiled", key)
+    root = os.path.join(run_cache(), "compiled")
+    target = os.path.join(root, key)
+    # Named like a work folder of the target: `pyfile cache prune` leaves it alone while a
+    # compile holds the target's fill lock, and removes it once its compiler is gone.
+    objects = os.path.join(root, f".{key}.objects")
     if force and os.path.isdir(target):
         shutil.rmtree(target, ignore_errors=True)
-        shutil.rmtree(target + ".objects", ignore_errors=True)
+        shutil.rmtree(objects, ignore_errors=True)
     what = f"the ROCm {version} backend for {gfx}"
 
     def fill(work: str) -> None:
         display = Display(what)
-        build(hipcc, source_folder, gfx, ggml_base, work, target + ".objects", display.update)
+        build(hipcc, source_folder, gfx, ggml_base, work, objects, display.update)
         display.end()
-        shutil.rmtree(target + ".objects", ignore_errors=True)
+        shutil.rmtree(objects, ignore_errors=True)
 
     folder = cached_folder("compiled", key, fill)
     return os.path.join(folder, "libggml-hip.so")

@@ -109,6 +109,12 @@ def cached_folder(kind: str, key: str, fill: Callable[[str], None]) -> str:
 
 def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
     """Extract ``(member, relative path)`` pairs; return the folder that holds them."""
+    return cached_folder("native", folder_key(arch, files),
+                         lambda work: _fill(arch, files, work))
+
+
+def folder_key(arch: Archive, files: List[Tuple[str, str]]) -> str:
+    """The name of the folder :func:`extract` fills: a digest of the paths and contents."""
     digest = hashlib.sha256()
     for member, rel in sorted(files):
         if rel.startswith("/") or ".." in rel.split("/"):
@@ -120,8 +126,7 @@ def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:
             raise ArchiveError(f"{arch.path}: damaged manifest: member {member!r} has no "
                                f"SHA-256, so it cannot be unpacked into the shared cache")
         digest.update(f"{rel}\0{sha}\0".encode())
-    return cached_folder("native", digest.hexdigest()[:24],
-                         lambda work: _fill(arch, files, work))
+    return digest.hexdigest()[:24]
 
 
 def _fill(arch: Archive, files: List[Tuple[str, str]], work: str) -> None:
