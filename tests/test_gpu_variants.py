@@ -90,8 +90,8 @@ def test_cuda_variant_needs_only_the_driver_and_glibc_231(cuda_dir):
 
 
 def test_cuda_variant_has_code_for_the_architectures_it_names(cuda_dir, tmp_path_factory):
-    """cuobjdump lists exactly the machine code (sm_XY cubins) and PTX (compute_XY) that
-    variant.json names, which is what the launcher checks a GPU against."""
+    """cuobjdump lists exactly the machine code (cubins) and PTX that variant.json names,
+    which is what the launcher checks a GPU against."""
     tools = Path(os.path.expanduser("~/.cache/pyfile-dev/tools")) / f"cuobjdump-{CUOBJDUMP_VERSION}"
     tool = tools / "nvidia" / "cu13" / "bin" / "cuobjdump"
     if not tool.exists():
@@ -102,8 +102,9 @@ def test_cuda_variant_has_code_for_the_architectures_it_names(cuda_dir, tmp_path
     out = subprocess.run([str(tool), "--list-elf", "--list-ptx", str(cuda_dir / "libggml-cuda.so")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    have = {(m.group(2), m.group(1)) for m in
-            re.finditer(r"\.(sm|compute)_(\d+[af]?)\.(?:cubin|ptx)", out.stdout)}
+    # cuobjdump names both "NAME.N.sm_XY.cubin" (machine code) and "NAME.N.sm_XY.ptx" (PTX)
+    have = {(m.group(1), "sm" if m.group(2) == "cubin" else "compute") for m in
+            re.finditer(r"\.sm_(\d+[af]?)\.(cubin|ptx)\b", out.stdout)}
     meta = json.loads((cuda_dir / "variant.json").read_text())
     want = set()
     for spec in meta["archs"]:
