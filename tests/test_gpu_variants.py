@@ -7,7 +7,7 @@ NVIDIA GPU is there).
 
 The variant is the one ``make gpu`` published; without it, the smallest useful one is built
 here once (PTX for compute_75, which the driver compiles for every GPU from Turing on;
-~25 min on 2 cores, then cached like the engine).
+~17 min on 2 cores, then cached like the engine).
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import cpu
+from . import fit
 from . import hardware
 from .compile import CompileError
 from .engine import ModelSource, import_llama_cpp
 from ..errors import BackendError
-from ..container.versions import parse
 from ..container.manifest import Manifest
 
 
@@ -83,95 +83,19 @@ def _system_dirs(env: Mapping[str, str]) -> List[str]:
                              "/usr/lib", "/usr/lib/wsl/lib"]
 
 
-def _cc(text: str) -> Tuple[int, str]:
-    """"sm_86" -> (86, ""); "120a" -> (120, "a"): a compute capability and its suffix."""
-    digits = "".join(c for c in text if c.isdigit())
-    return (int(digits) if digits else 0), text[len(text.rstrip("af")):]
-
-
-def _sm_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
-    """Whether a variant built for ``archs`` (CMake's spellings: "86-real" machine code,
-    "90-virtual" PTX, "75" both) has code this GPU runs. Machine code for sm_XY runs on
-    sm_XZ with Z >= Y (an "a"/"f" feature build only on its own XY); PTX is compiled by the
-    driver for any GPU at least as new."""
-    if not archs:
-        return True
-    have = _cc(gpu.arch)[0] if gpu.arch.startswith("sm_") else 0
-    for spec in archs:
-        arch, _, form = spec.partition("-")
-        cc, suffix = _cc(arch)
-        if not cc:
-            continue
-        if form in ("", "real") and (have == cc if suffix else
-                                     have // 10 == cc // 10 and have >= cc):
-            return True
-        if form in ("", "virtual") and have >= cc:
-            return True
-    return False
-
-
-def _cuda_driver(finding: hardware.Finding, requires: Dict[str, Any]) -> Optional[str]:
-    """Why this machine's NVIDIA driver cannot run the variant (None when it can): the
-    variant's CUDA runtime and its PTX need a driver that supports that CUDA version."""
-    need = requires.get("cuda")
-    if not isinstance(need, str) or finding.api is None:
-        return None
-    try:
-        major, minor = parse(need)[:2]
-    except ValueError:
-        return None
-    if finding.api >= major * 1000 + minor * 10:
-        return None
-    have = f"{finding.api // 1000}.{finding.api % 1000 // 10}"
-    driver = f"the NVIDIA driver {finding.driver}" if finding.driver else "the NVIDIA driver"
-    floor = CUDA_DRIVER_FLOOR.get(major)
-    fix = f"update the driver to {floor} or newer" if floor else "update the driver"
-    return f"{driver} supports CUDA {have}, the CUDA variant needs CUDA {need} ({fix})"
-
-
-#: The oldest Linux driver of each CUDA major (NVIDIA's compatibility tables).
-CUDA_DRIVER_FLOOR = {12: "525", 13: "580"}
-
-
-def _glibc(requires: Dict[str, Any], title: str) -> Optional[str]:
-    """Why this system's glibc is too old for the variant (None when it is not)."""
-    need, have = requires.get("glibc"), hardware.glibc_version()
-    if not isinstance(need, str) or not have or need == "none":
-        return None
-    try:
-        if parse(have)[:2] >= parse(need)[:2]:
-            return None
-    except ValueError:
-        return None
-    return f"the {title} variant needs glibc {need}, this system has {have}"
-
-
-def _gfx_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
-    return not archs or gpu.arch in archs
-
-
-def _vulkan_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
-    """ggml's Vulkan backend needs Vulkan 1.2 (``archs`` would list API versions)."""
-    try:
-        major, minor = parse(gpu.arch.split()[-1])
-    except ValueError:
-        return False
-    return (major, minor) >= (1, 2) and (not archs or gpu.arch.split()[-1] in archs)
-
-
 BACKENDS: Tuple[Backend, ...] = (
     Backend("cuda", "nvidia", ("cuda", "cublas"), "CUDA", "NVIDIA", "libggml-cuda.so",
             lambda root, env, explicit: hardware.find_nvidia(root, env),
-            ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"), _cuda_dirs, _sm_ok,
+            ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"), _cuda_dirs, fit.sm_ok,
             "pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit",
-            driver_ok=_cuda_driver),
+            driver_ok=fit.cuda_driver),
     Backend("rocm", "amd", ("rocm", "hip"), "ROCm", "AMD", "libggml-hip.so",
             lambda root, env, explicit: hardware.find_amd(root, env),
-            ("libamdhip64.so.6",), _rocm_dirs, _gfx_ok,
+            ("libamdhip64.so.6",), _rocm_dirs, fit.gfx_ok,
             "install ROCm 6.1 or newer (its hipcc compiles the backend on first use)"),
     Backend("vulkan", "vulkan", ("vk",), "Vulkan", "Vulkan", "libggml-vulkan.so",
             lambda root, env, explicit: hardware.find_vulkan(root, env, explicit=explicit),
-            ("libvulkan.so.1",), _system_dirs, _vulkan_ok,
+            ("libvulkan.so.1",), _system_dirs, fit.vulkan_ok,
             "install the Vulkan loader: libvulkan1 on Debian/Ubuntu, vulkan-loader on Fedora",
             devices_env="GGML_VK_VISIBLE_DEVICES", setup_builds=True),
 )
@@ -303,7 +227,7 @@ def plan_gpu(backend: Union[Backend, str], finding: hardware.Finding, variant: O
         built = f" (built for {', '.join(archs)})" if archs else ""
         return None, (f"{gpu.name} is {gpu.arch}, which the {be.title} variant has no kernels "
                       f"for{built}"), []
-    problem = be.driver_ok(finding, variant.requires) or _glibc(variant.requires, be.title)
+    problem = be.driver_ok(finding, variant.requires) or fit.glibc(variant.requires, be.title)
     if problem:
         return None, problem, []
     found, missing = libs(be.kind, variant.requires)

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ..container.versions import parse
@@ -113,6 +112,7 @@ def build(hipcc: str, folder: str, gfx: str, ggml_base: str, out: str, objects: 
           progress: Optional[Progress] = None, jobs: Optional[int] = None) -> None:
     """Compile every unit into ``objects`` (kept: a unit already there is not compiled
     again) and link ``out``/libggml-hip.so against the engine's ``ggml_base`` library."""
+    from concurrent.futures import ThreadPoolExecutor
     units = sources(folder)
     args = flags(folder, gfx)
     os.makedirs(objects, exist_ok=True)
