@@ -55,13 +55,57 @@ def test_published_variants_are_packed_and_checked(tmp_path, monkeypatch):
     assert len(notes) == 1 and "libggml-vulkan.so is not a shared library" in notes[0]
 
 
-def test_missing_vulkan_is_one_note_and_skip_wins(tmp_path):
+def test_each_missing_kind_is_one_note_naming_its_make_target_and_skip_wins(tmp_path):
+    """Nothing published: one line per kind, naming what builds it (CUDA is the long,
+    optional `make gpu`); kinds left out on purpose are not mentioned."""
     notes = []
     assert variants.published("0.3.36", [], notes, {"PYFILE_VARIANTS": str(tmp_path)}) == {}
-    assert len(notes) == 1 and "carries no Vulkan variant" in notes[0]
+    assert notes == [f"this file carries no {title} variant (none built in {tmp_path}; "
+                     f"`{target}` or scripts/build-variant.sh {kind} builds it)"
+                     for title, target, kind in (("CUDA", "make gpu", "cuda"),
+                                                 ("ROCm", "make setup", "rocm"),
+                                                 ("Vulkan", "make setup", "vulkan"))]
     notes = []
-    variants.published("0.3.36", ["vulkan"], notes, {"PYFILE_VARIANTS": str(tmp_path)})
+    variants.published("0.3.36", ["vulkan", "cuda", "rocm"], notes,
+                       {"PYFILE_VARIANTS": str(tmp_path)})
     assert notes == []
+
+
+def test_rocm_sources_are_packed_as_files_and_kinds_can_be_chosen(tmp_path, monkeypatch):
+    """A source variant (variant.json "compile") is every file in its folder, checked for
+    ggml's GPU backend; `--gpu-variants` packs only the kinds it names and refuses an
+    unknown kind with one line and exit status 2."""
+    from conftest import pyfile_cli
+    from ggufgen import write_tiny
+    from pyfile.runtime.container.archive import Archive
+
+    monkeypatch.setenv("PYFILE_BUILD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "variants"
+    publish(root, "vulkan", "libggml-vulkan.so")
+    src = root / "rocm"
+    (src / "ggml" / "src" / "ggml-cuda").mkdir(parents=True)
+    (src / "ggml" / "src" / "ggml-cuda" / "ggml-cuda.cu").write_text("// ggml\n")
+    (src / "blas").mkdir()
+    (src / "blas" / "blas.cu").write_text("// blas\n")
+    (src / "variant.json").write_text(json.dumps(
+        {"kind": "rocm", "engine": "llama-cpp-python 0.3.36", "compile": "hip", "needs": []}))
+    found = variants.published("0.3.36", ["cuda"], [], {"PYFILE_VARIANTS": str(root)})
+    assert found["rocm"].libs == ["blas/blas.cu", "ggml/src/ggml-cuda/ggml-cuda.cu"]
+    model = write_tiny(str(tmp_path / "m.gguf"))
+    env = {**__import__("os").environ, "PYFILE_VARIANTS": str(root)}
+    out = tmp_path / "rocm.pyfile"
+    r = pyfile_cli("build", model, "-o", str(out), "--slim", "--gpu-variants", "rocm", env=env)
+    assert r.returncode == 0, r.stderr
+    with Archive.open(str(out)) as arch:
+        assert list(arch.manifest.variants) == ["rocm"]
+        assert arch.read(".pyfile/variants/rocm/blas/blas.cu") == b"// blas\n"
+        assert arch.manifest.variants["rocm"]["requires"]["compile"] == "hip"
+    r = pyfile_cli("build", model, "-o", str(tmp_path / "x.pyfile"), "--slim",
+                   "--gpu-variants", "vulkan,metal", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("pyfile: --gpu-variants: unknown kind 'metal' (choose from "
+                                "cuda, rocm, vulkan)")
+    assert not (tmp_path / "x.pyfile").exists()
 
 
 def test_default_folder_follows_xdg_cache_home(tmp_path):

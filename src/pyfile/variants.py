@@ -99,9 +99,9 @@ def published(engine: Optional[str], skip: List[str], notes: List[str],
         folder = os.path.join(root, b.kind)
         if not (os.path.isfile(os.path.join(folder, b.lib))
                 or os.path.isfile(os.path.join(folder, COMPILE_ENTRY))):
-            if b.setup_builds:
+            if b.made_by:
                 notes.append(f"this file carries no {b.title} variant (none built in {root}; "
-                             f"`make setup` or scripts/build-variant.sh {b.kind} builds it)")
+                             f"`{b.made_by}` or scripts/build-variant.sh {b.kind} builds it)")
             continue
         v = read_dir(b.kind, folder, f"{VARIANTS_ENV} {b.kind}")
         built_for = str(v.requires.get("engine", ""))

@@ -49,7 +49,8 @@ class Backend:
     hint: str  # how to install missing runtime libraries
     driver_ok: Callable[[hardware.Finding, Dict[str, Any]], Optional[str]] = lambda f, r: None
     devices_env: Optional[str] = None  # ggml's device filter, set to the devices chosen
-    setup_builds: bool = False  # `make setup` builds it; `pyfile build` notes when absent
+    made_by: Optional[str] = None  # the make target that builds it; `pyfile build` notes
+    # in one line when none was built
 
 
 def _env_dirs(env: Mapping[str, str]) -> List[str]:
@@ -88,16 +89,17 @@ BACKENDS: Tuple[Backend, ...] = (
             lambda root, env, explicit: hardware.find_nvidia(root, env),
             ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"), _cuda_dirs, fit.sm_ok,
             "pip install nvidia-cuda-runtime nvidia-cublas, or the CUDA 13 toolkit",
-            driver_ok=fit.cuda_driver),
+            driver_ok=fit.cuda_driver, made_by="make gpu"),
     Backend("rocm", "amd", ("rocm", "hip"), "ROCm", "AMD", "libggml-hip.so",
             lambda root, env, explicit: hardware.find_amd(root, env),
             ("libamdhip64.so.6",), _rocm_dirs, fit.gfx_ok,
-            "install ROCm 6.1 or newer (its hipcc compiles the backend on first use)"),
+            "install ROCm 6.1 or newer (its hipcc compiles the backend on first use)",
+            made_by="make setup"),
     Backend("vulkan", "vulkan", ("vk",), "Vulkan", "Vulkan", "libggml-vulkan.so",
             lambda root, env, explicit: hardware.find_vulkan(root, env, explicit=explicit),
             ("libvulkan.so.1",), _system_dirs, fit.vulkan_ok,
             "install the Vulkan loader: libvulkan1 on Debian/Ubuntu, vulkan-loader on Fedora",
-            devices_env="GGML_VK_VISIBLE_DEVICES", setup_builds=True),
+            devices_env="GGML_VK_VISIBLE_DEVICES", made_by="make setup"),
 )
 #: The folder of the file that holds packed variants (``<this>/<kind>/<files>``).
 VARIANTS_MEMBER = ".pyfile/variants"

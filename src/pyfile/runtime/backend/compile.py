@@ -22,7 +22,7 @@ import time
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ..container.versions import parse
-from ..errors import BackendError
+from ..errors import ArchiveError, BackendError
 
 #: ggml's HIP backend needs this ROCm or newer (its CMake refuses older ones).
 ROCM_MIN = (6, 1)
@@ -94,7 +94,7 @@ def flags(folder: str, gfx: str) -> List[str]:
           for k in FA_TYPES for v in FA_TYPES]
     quants = ",".join(f"{k}-{v}" for k, v in FA_PAIRS)
     return (["-x", "hip", f"--offload-arch={gfx}", "-O3", "-fPIC", "-std=c++17",
-             "-Wno-unused-result", "-w"]
+             "-w"]
             + [f"-D{d}" for d in DEFINES + tuple(fa)] + [f'-DGGML_CUDA_FA_QUANTS="{quants}"']
             + ["-I", os.path.join(folder, BLAS, "hip"),
                "-I", os.path.join(folder, GGML, "src"),
@@ -122,8 +122,11 @@ def build(hipcc: str, folder: str, gfx: str, ggml_base: str, out: str, objects: 
         obj = os.path.join(objects, unit.replace(os.sep, "_") + ".o")
         if not os.path.exists(obj):
             tmp = obj + ".tmp"
-            r = subprocess.run([hipcc, *args, "-c", os.path.join(folder, unit), "-o", tmp],
-                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            try:
+                r = subprocess.run([hipcc, *args, "-c", os.path.join(folder, unit), "-o", tmp],
+                                   capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            except OSError as e:
+                return obj, f"{unit}: cannot run {hipcc} ({e.strerror or e})"
             if r.returncode != 0:
                 return obj, f"{unit}: {_last_error(r.stderr)}"
             os.replace(tmp, obj)
@@ -132,16 +135,22 @@ def build(hipcc: str, folder: str, gfx: str, ggml_base: str, out: str, objects: 
             progress(done[0], len(units))
         return obj, None
 
-    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1)
+    try:
         results = list(pool.map(one, units))
+    finally:  # on Ctrl-C, start no more units (the running hipccs got the signal too)
+        pool.shutdown(wait=False, cancel_futures=True)
     failed = [why for _, why in results if why]
     if failed:
         raise CompileError(f"hipcc failed on {len(failed)} of {len(units)} files, first: "
                            f"{failed[0]}")
     lib = os.path.join(out, "libggml-hip.so")
-    r = subprocess.run([hipcc, f"--offload-arch={gfx}", "-shared", "-fPIC", "-o", lib,
-                        *[o for o, _ in results], ggml_base],  # found loaded by its soname
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    try:
+        r = subprocess.run([hipcc, f"--offload-arch={gfx}", "-shared", "-fPIC", "-o", lib,
+                            *[o for o, _ in results], ggml_base],  # found loaded by soname
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except OSError as e:
+        raise CompileError(f"cannot run {hipcc} ({e.strerror or e})") from None
     if r.returncode != 0:
         raise CompileError(f"linking libggml-hip.so failed: {_last_error(r.stderr)}")
 
@@ -201,7 +210,10 @@ def hip_variant(source_folder: str, source_key: str, gfx: str, ggml_base: str,
         display.end()
         shutil.rmtree(objects, ignore_errors=True)
 
-    folder = cached_folder("compiled", key, fill)
+    try:
+        folder = cached_folder("compiled", key, fill)
+    except (OSError, ArchiveError) as e:  # no writable cache and no temporary space
+        raise CompileError(str(e)) from None
     return os.path.join(folder, "libggml-hip.so")
 
 
