@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from . import cpu
 from . import fit
 from . import hardware
-from .compile import CompileError
 from .engine import ModelSource, import_llama_cpp
 from ..errors import BackendError
 from ..container.manifest import Manifest
@@ -326,13 +325,14 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
     set_env = be.devices_env is not None and be.devices_env not in os.environ
     if set_env:  # ggml's own filter: only the devices we chose (children inherit it)
         os.environ[str(be.devices_env)] = ",".join(str(g.index) for g in finding.gpus)
-    if variant.path is None:
+    if variant.path is None and variant.requires.get("compile"):
+        from .compile import CompileError  # only files carrying sources need the compiler
         try:
-            variant.path = (_compile(archive_path, variant, gpu, recompile)
-                            if variant.requires.get("compile") else
-                            _extract(archive_path, variant))
+            variant.path = _compile(archive_path, variant, gpu, recompile)
         except CompileError as e:
             return None, f"cannot compile the {be.title} backend here ({e})"
+    elif variant.path is None:
+        variant.path = _extract(archive_path, variant)
     ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     key = cpu.verdict_key(engine, be.kind, cpu.file_id(variant.path), gpu.name,
                           str(finding.driver), source.name, str(source.size), str(ngl),
@@ -355,7 +355,7 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
 def _compile(archive_path: Optional[str], variant: Variant, gpu: hardware.GPU,
              force: bool) -> str:
     """A variant carried as sources: compiled for this GPU on first use (see ``compile``)."""
-    from .compile import hip_variant
+    from .compile import CompileError, hip_variant
     if variant.requires.get("compile") != "hip":
         raise CompileError(f"this pyfile cannot compile a {variant.requires['compile']!r} "
                            f"backend")
