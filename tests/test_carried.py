@@ -284,9 +284,12 @@ def _elf_files(carried_pyfile, dest):
                 p.write_bytes(data)
                 out[machine].append(p)
         for name in arch.manifest.names("variant"):
+            data = zf.read(name)
+            if data[:4] != b"\x7fELF":
+                continue  # the ROCm sources, compiled on the target
             p = dest / "variants" / name.rsplit("/", 1)[-1]
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(zf.read(name))
+            p.write_bytes(data)
             out["x86_64"].append(p)
     return out
 

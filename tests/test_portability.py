@@ -110,6 +110,8 @@ def glibc_needs(path, tmp_path):
     with zipfile.ZipFile(path) as outer:
         manifest = json.loads(outer.read(".pyfile/manifest.json"))
         for record in manifest["variants"].values():
+            if record.get("requires", {}).get("compile"):
+                continue  # sources (ROCm), compiled on the target
             for member in record["members"]:
                 needs[member] = newest(outer.read(member))
         (tmp_path / "rt.zip").write_bytes(outer.read(".pyfile/runtime.zip"))
@@ -127,14 +129,16 @@ def glibc_needs(path, tmp_path):
 def test_no_library_the_file_carries_needs_glibc_newer_than_2_31(every_python_pyfile,
                                                                   tmp_path):
     """objdump over every shared library the file carries: the runtime's, for every Python,
-    and each GPU variant's (the Vulkan one, which `make setup` builds, at least)."""
+    and each GPU variant's (the Vulkan one, which `make setup` builds, and the CUDA one
+    when `make gpu` built it)."""
     needs = glibc_needs(every_python_pyfile, tmp_path)
     runtime = [k for k in needs if k.startswith("runtime:")]
     variants = [k for k in needs if not k.startswith("runtime:")]
     from pyfile.variants import variants_dir
     assert len(runtime) > 20  # the engine, 14 CPU variants, numpy, pydantic-core ... 6 Pythons
-    if os.path.isdir(os.path.join(variants_dir(), "vulkan")):  # published: packed by default
-        assert needs.get(".pyfile/variants/vulkan/libggml-vulkan.so"), variants
+    for kind, lib in (("vulkan", "libggml-vulkan.so"), ("cuda", "libggml-cuda.so")):
+        if os.path.isdir(os.path.join(variants_dir(), kind)):  # published: packed by default
+            assert needs.get(f".pyfile/variants/{kind}/{lib}"), variants
     too_new = {k: v for k, v in needs.items() if v is not None and v > (2, 31)}
     assert not too_new, too_new
     assert any(v for k, v in needs.items() if k.startswith("runtime:llama_cpp/lib/libllama"))

@@ -1,7 +1,9 @@
 """Which published GPU variants a build packs by default (no engine or model needed)."""
 
+import io
 import json
 import subprocess
+import tarfile
 
 from pyfile import variants
 
@@ -73,8 +75,9 @@ def test_each_missing_kind_is_one_note_naming_its_make_target_and_skip_wins(tmp_
 
 def test_rocm_sources_are_packed_as_files_and_kinds_can_be_chosen(tmp_path, monkeypatch):
     """A source variant (variant.json "compile") is every file in its folder, checked for
-    ggml's GPU backend; `--gpu-variants` packs only the kinds it names and refuses an
-    unknown kind with one line and exit status 2."""
+    ggml's GPU backend, packed as one tar with nothing of the builder's (times, owners);
+    `--gpu-variants` packs only the kinds it names and refuses an unknown kind with one line
+    and exit status 2."""
     from conftest import pyfile_cli
     from ggufgen import write_tiny
     from pyfile.runtime.container.archive import Archive
@@ -98,8 +101,12 @@ def test_rocm_sources_are_packed_as_files_and_kinds_can_be_chosen(tmp_path, monk
     assert r.returncode == 0, r.stderr
     with Archive.open(str(out)) as arch:
         assert list(arch.manifest.variants) == ["rocm"]
-        assert arch.read(".pyfile/variants/rocm/blas/blas.cu") == b"// blas\n"
+        assert arch.manifest.variants["rocm"]["members"] == [".pyfile/variants/rocm/sources.tar"]
         assert arch.manifest.variants["rocm"]["requires"]["compile"] == "hip"
+        tar = tarfile.open(fileobj=io.BytesIO(arch.read(".pyfile/variants/rocm/sources.tar")))
+    assert tar.getnames() == ["blas/blas.cu", "ggml/src/ggml-cuda/ggml-cuda.cu"]
+    assert tar.extractfile("blas/blas.cu").read() == b"// blas\n"
+    assert {(m.mtime, m.mode, m.uid) for m in tar.getmembers()} == {(0, 0o644, 0)}
     r = pyfile_cli("build", model, "-o", str(tmp_path / "x.pyfile"), "--slim",
                    "--gpu-variants", "vulkan,metal", env=env)
     assert r.returncode == 2

@@ -13,6 +13,7 @@ from .atomic import atomic_output
 from .runtime.container import argsfile
 from .runtime.container.archive import ARGS_NAME, LOCAL_SIG
 from .runtime.backend.choice import LIB_OF, VARIANTS_MEMBER
+from .runtime.backend.compile import SOURCES_TAR
 from .runtime.backend.engine import ENGINE_VERSION, GGUF_MAGIC
 from .runtime.container.bundle import INTERPRETER_KIND
 from .runtime.container.manifest import MANIFEST_NAME, Manifest
@@ -387,10 +388,14 @@ def _write_members(w: ZipWriter, sources: List[Source], args_text: str, align: i
     variant_records = {}
     for kind, v in sorted(variants.items()):
         members = []
-        for lib in v.libs:
+        if v.requires.get("compile"):  # sources: one tar, unpacked by the target's compiler
+            name = f"{VARIANTS_MEMBER}/{kind}/{SOURCES_TAR}"
+            w.add_bytes(name, _sources_tar(v.folder, v.libs))
+            kinds[name] = ("variant", 1)
+            members.append(name)
+        for lib in [] if v.requires.get("compile") else v.libs:
             name = f"{VARIANTS_MEMBER}/{kind}/{lib}"
-            size, crc, digest, deflated = (_source if v.requires.get("compile") else _library)(
-                os.path.join(v.folder, lib))
+            size, crc, digest, deflated = _library(os.path.join(v.folder, lib))
             w.add_prepared(name, None, size, crc, digest, deflated)
             kinds[name] = ("variant", 1)
             members.append(name)
@@ -441,12 +446,19 @@ def record_models(man: Manifest, sources: List[Source], pairs: Dict[str, str]) -
             man.pair(pairs[src.name], src.name, src.info.summary())
 
 
-def _source(path: str) -> Tuple[int, int, str, bytes]:
-    """(size, CRC-32, SHA-256, raw deflate stream) of a source file a variant carries."""
-    import hashlib
-    from .runtime.container.archive import crc32
-    data = _read(path)
-    return len(data), crc32(data), hashlib.sha256(data).hexdigest(), deflate(data)
+def _sources_tar(folder: str, files: List[str]) -> bytes:
+    """``files`` (relative to ``folder``) as one tar, the same bytes for the same sources:
+    sorted, no times, owners or modes of the builder's."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for rel in sorted(files):
+            data = _read(os.path.join(folder, rel))
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _library(path: str) -> Tuple[int, int, str, bytes]:

@@ -355,7 +355,7 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
 def _compile(archive_path: Optional[str], variant: Variant, gpu: hardware.GPU,
              force: bool) -> str:
     """A variant carried as sources: compiled for this GPU on first use (see ``compile``)."""
-    from .compile import CompileError, hip_variant
+    from .compile import SOURCES_TAR, CompileError, hip_variant
     if variant.requires.get("compile") != "hip":
         raise CompileError(f"this pyfile cannot compile a {variant.requires['compile']!r} "
                            f"backend")
@@ -363,7 +363,8 @@ def _compile(archive_path: Optional[str], variant: Variant, gpu: hardware.GPU,
     llama_cpp = import_llama_cpp()
     base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
                         "libggml-base.so")
-    return hip_variant(folder, os.path.basename(folder), gpu.arch, base, force)
+    return hip_variant(os.path.join(folder, SOURCES_TAR), os.path.basename(folder), gpu.arch,
+                       base, force)
 
 
 def _extract(archive_path: Optional[str], variant: Variant, library: bool = True) -> str:

@@ -26,7 +26,9 @@ from ..errors import ArchiveError, BackendError
 
 #: ggml's HIP backend needs this ROCm or newer (its CMake refuses older ones).
 ROCM_MIN = (6, 1)
-#: Where the carried sources sit inside their extracted folder.
+#: The member (in the variant's folder of the file) that holds the sources, as one tar.
+SOURCES_TAR = "sources.tar"
+#: Where the sources sit inside that tar.
 GGML = "ggml"
 BLAS = "blas"
 #: The flash-attention vector kernels ggml builds by default (K type, V type).
@@ -99,6 +101,20 @@ def flags(folder: str, gfx: str) -> List[str]:
             + ["-I", os.path.join(folder, BLAS, "hip"),
                "-I", os.path.join(folder, GGML, "src"),
                "-I", os.path.join(folder, GGML, "include")])
+
+
+def unpack(tar: str, dest: str) -> None:
+    """The carried sources into ``dest`` (plain files with relative paths only)."""
+    import tarfile
+    try:
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if not m.isfile() or m.name.startswith("/") or ".." in m.name.split("/"):
+                    raise CompileError(f"{tar}: unexpected entry {m.name!r} in the sources")
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(dest, **kw)  # type: ignore[arg-type]
+    except (OSError, tarfile.TarError) as e:
+        raise CompileError(f"cannot unpack the carried sources ({e})") from None
 
 
 def compile_key(source_key: str, version: str, gfx: str) -> str:
@@ -182,10 +198,11 @@ class Display:
         sys.stderr.flush()
 
 
-def hip_variant(source_folder: str, source_key: str, gfx: str, ggml_base: str,
+def hip_variant(tar: str, source_key: str, gfx: str, ggml_base: str,
                 force: bool = False, env: Mapping[str, str] = os.environ) -> str:
-    """The path of a libggml-hip.so for ``gfx``: from the cache, or compiled now. Raises
-    :class:`CompileError` when there is no usable ROCm or the compile fails."""
+    """The path of a libggml-hip.so for ``gfx`` from the sources in ``tar`` (``source_key``
+    names them): from the cache, or compiled now. Raises :class:`CompileError` when there is
+    no usable ROCm or the compile fails."""
     from ..container.extract import cached_folder
     from ..container.paths import run_cache
     hipcc = find_hipcc(env)
@@ -206,7 +223,10 @@ def hip_variant(source_folder: str, source_key: str, gfx: str, ggml_base: str,
 
     def fill(work: str) -> None:
         display = Display(what)
-        build(hipcc, source_folder, gfx, ggml_base, work, objects, display.update)
+        src = os.path.join(work, "src")  # only while compiling
+        unpack(tar, src)
+        build(hipcc, src, gfx, ggml_base, work, objects, display.update)
+        shutil.rmtree(src)
         display.end()
         shutil.rmtree(objects, ignore_errors=True)
 
@@ -218,4 +238,4 @@ def hip_variant(source_folder: str, source_key: str, gfx: str, ggml_base: str,
 
 
 __all__ = ["CompileError", "find_hipcc", "rocm_version", "check_rocm", "sources", "flags",
-           "build", "hip_variant", "ROCM_MIN"]
+           "unpack", "build", "hip_variant", "ROCM_MIN", "SOURCES_TAR"]
