@@ -84,6 +84,16 @@ class TokenProb:
     def bytes(self) -> List[int]:
         return list(self.piece.encode("utf-8"))
 
+    def as_llama_server(self) -> Dict[str, Any]:
+        """llama-server's form of one token's probabilities, which its native
+        ``completion_probabilities`` and its OpenAI chat ``logprobs.content`` share:
+        ``prob``/``top_probs`` after the sampler chain (``post_sampling_probs``), else
+        ``logprob``/``top_logprobs``."""
+        value, top = ("prob", "top_probs") if self.post_sampling else ("logprob", "top_logprobs")
+        return {"id": self.id, "token": self.piece, "bytes": self.bytes, value: self.logprob,
+                top: [{"id": t, "token": piece, "bytes": list(piece.encode("utf-8")), value: v}
+                      for t, piece, v in self.top]}
+
 
 @dataclass
 class Step:

@@ -32,15 +32,8 @@ def _stop_type(done: Result) -> str:
 
 
 def _probs(probs: List[TokenProb]) -> List[Dict[str, Any]]:
-    """llama-server's ``completion_probabilities`` (``prob``/``top_probs`` after sampling
-    with ``post_sampling_probs``, else ``logprob``/``top_logprobs``)."""
-    out = []
-    for p in probs:
-        value, top = ("prob", "top_probs") if p.post_sampling else ("logprob", "top_logprobs")
-        out.append({"id": p.id, "token": p.piece, "bytes": p.bytes, value: p.logprob,
-                    top: [{"id": t, "token": piece, "bytes": list(piece.encode("utf-8")),
-                           value: v} for t, piece, v in p.top]})
-    return out
+    """llama-server's ``completion_probabilities``."""
+    return [p.as_llama_server() for p in probs]
 
 
 def _stops(stop: Any) -> List[str]:

@@ -42,13 +42,7 @@ def _stops(stop: Any) -> List[str]:
 def chat_logprobs(probs: List[TokenProb]) -> Dict[str, Any]:
     """OpenAI's chat ``logprobs.content`` list (with ``post_sampling_probs``, llama-server's
     ``prob``/``top_probs`` after the sampler chain instead of log-probabilities)."""
-    out = []
-    for p in probs:
-        value, top = ("prob", "top_probs") if p.post_sampling else ("logprob", "top_logprobs")
-        out.append({"id": p.id, "token": p.piece, "bytes": p.bytes, value: p.logprob,
-                    top: [{"id": t, "token": piece, "bytes": list(piece.encode("utf-8")),
-                           value: v} for t, piece, v in p.top]})
-    return {"content": out}
+    return {"content": [p.as_llama_server() for p in probs]}
 
 
 def _usage(dones: List[Result]) -> Dict[str, Any]:
