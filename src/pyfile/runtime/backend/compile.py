@@ -1,13 +1,13 @@
 """Compile ggml's GPU backend on this machine, once, for exactly its GPU (AMD: ROCm's hipcc).
 
 A pyfile cannot carry a ROCm build for every AMD GPU and ROCm release (each is hundreds of
-MB, tied to one ``libamdhip64.so.N``), so it carries ggml's GPU sources instead (about 0.6 MB
-deflated) and, on the first run that finds an AMD GPU and ROCm 6.1+, compiles them with the
-user's ``hipcc`` for that GPU's ``gfx`` target and pyfile's own BLAS kernels (no hipBLAS or
-rocBLAS needed). The result lands in the user cache, keyed by the sources, the ROCm version
-and the target, under a lock (concurrent first runs compile once) through a work folder
-renamed into place; finished objects are kept beside it, so a compile cut short resumes.
-Every later run loads it at once. ``--recompile`` forces a fresh compile.
+MB, tied to one ``libamdhip64.so.N``), so it carries ggml's GPU sources instead (one tar,
+0.4 MB deflated) and, on the first run that finds an AMD GPU and ROCm 6.1+, compiles them
+with the user's ``hipcc`` for that GPU's ``gfx`` target and pyfile's own BLAS kernels (no
+hipBLAS or rocBLAS needed). The result lands in the user cache, keyed by the sources, the
+ROCm version and the target, under a lock (concurrent first runs compile once) through a
+work folder renamed into place; finished objects are kept beside it, so a compile cut short
+resumes. Every later run loads it at once. ``--recompile`` forces a fresh compile.
 """
 
 from __future__ import annotations
