@@ -155,7 +155,7 @@ rocm)
     lib=ggml/src/ggml-cuda/ggml-cuda.cu
     needs=
     archs_json=
-    extra=', "compile": "hip"'
+    extra=', "compile": "ggml-cuda"'
     key=$( (cd "$llama" && find ggml/include ggml/src/*.h ggml/src/ggml-cuda -type f | sort | xargs cat;
             cd "$here/native/cuda-blas" && find . -type f | sort | xargs cat) | sha256sum | cut -c1-16)
     ;;

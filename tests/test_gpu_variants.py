@@ -19,10 +19,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from conftest import ROOT, pyfile_cli, run_env, run_file
+from cudatoolkit import machine_nvcc, toolkit as cuda_toolkit
 from pyfile import elf, variants
 from pyfile.runtime.container.archive import Archive
 
@@ -67,6 +69,29 @@ def fake_driver(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def cuobjdump() -> Path:
+    """NVIDIA's cuobjdump (its wheel; needs glibc 2.11), installed once into the dev cache."""
+    tools = Path(os.path.expanduser("~/.cache/pyfile-dev/tools")) / f"cuobjdump-{CUOBJDUMP_VERSION}"
+    tool = tools / "nvidia" / "cu13" / "bin" / "cuobjdump"
+    if not tool.exists():
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools),
+                            f"nvidia-cuda-cuobjdump=={CUOBJDUMP_VERSION}"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+    return tool
+
+
+def gpu_code(cuobjdump: Path, lib: Path) -> set:
+    """{(arch, "sm" for machine code | "compute" for PTX)} a CUDA library carries."""
+    out = subprocess.run([str(cuobjdump), "--list-elf", "--list-ptx", str(lib)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # cuobjdump names both "NAME.N.sm_XY.cubin" (machine code) and "NAME.N.sm_XY.ptx" (PTX)
+    return {(m.group(1), "sm" if m.group(2) == "cubin" else "compute") for m in
+            re.finditer(r"\.sm_(\d+[af]?)\.(cubin|ptx)\b", out.stdout)}
+
+
 def nvidia_machine(root: Path, driver: str = "535.104.05") -> Path:
     """A simulated /proc and /dev with one NVIDIA GPU and its driver loaded."""
     (root / "proc" / "driver" / "nvidia").mkdir(parents=True)
@@ -89,22 +114,10 @@ def test_cuda_variant_needs_only_the_driver_and_glibc_231(cuda_dir):
     assert meta["needs"] == [] and meta["cuda"] == "13.0" and meta["glibc"] <= "2.31"
 
 
-def test_cuda_variant_has_code_for_the_architectures_it_names(cuda_dir, tmp_path_factory):
+def test_cuda_variant_has_code_for_the_architectures_it_names(cuda_dir, cuobjdump):
     """cuobjdump lists exactly the machine code (cubins) and PTX that variant.json names,
     which is what the launcher checks a GPU against."""
-    tools = Path(os.path.expanduser("~/.cache/pyfile-dev/tools")) / f"cuobjdump-{CUOBJDUMP_VERSION}"
-    tool = tools / "nvidia" / "cu13" / "bin" / "cuobjdump"
-    if not tool.exists():
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools),
-                            f"nvidia-cuda-cuobjdump=={CUOBJDUMP_VERSION}"],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
-    out = subprocess.run([str(tool), "--list-elf", "--list-ptx", str(cuda_dir / "libggml-cuda.so")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    # cuobjdump names both "NAME.N.sm_XY.cubin" (machine code) and "NAME.N.sm_XY.ptx" (PTX)
-    have = {(m.group(1), "sm" if m.group(2) == "cubin" else "compute") for m in
-            re.finditer(r"\.sm_(\d+[af]?)\.(cubin|ptx)\b", out.stdout)}
+    have = gpu_code(cuobjdump, cuda_dir / "libggml-cuda.so")
     meta = json.loads((cuda_dir / "variant.json").read_text())
     want = set()
     for spec in meta["archs"]:
@@ -113,7 +126,7 @@ def test_cuda_variant_has_code_for_the_architectures_it_names(cuda_dir, tmp_path
             want.add((arch, "sm"))
         if form in ("", "virtual"):
             want.add((arch, "compute"))
-    assert have == want, out.stdout[:2000]
+    assert have == want, have
 
 
 def test_default_build_packs_the_cuda_variant(cuda_pyfile, cuda_dir):
@@ -124,13 +137,20 @@ def test_default_build_packs_the_cuda_variant(cuda_pyfile, cuda_dir):
     assert spec["requires"]["cuda"] == "13.0" and spec["requires"]["archs"]
 
 
-def run_with_driver(pyfile: Path, tmp_path: Path, fake_driver: Path, version: int, cc: int):
+def run_with_driver(pyfile: Path, tmp_path: Path, fake_driver: Path, version: int, cc: int,
+                    *args: str, toolkit: Optional[Path] = None, timeout: float = 600):
+    """Run the file on a simulated NVIDIA machine (``toolkit``: a CUDA toolkit first on PATH);
+    (result, every libggml-cuda.so in its cache, cuInit calls)."""
     cache = tmp_path / "cache"
     log = tmp_path / "driver.log"
+    machine = tmp_path / "machine"
     env = run_env(PYFILE_CACHE_DIR=str(cache), PYFILE_HARDWARE_ROOT=str(
-        nvidia_machine(tmp_path / "machine")), LD_LIBRARY_PATH=str(fake_driver),
-        FAKE_CUDA_VERSION=str(version), FAKE_CUDA_CC=str(cc), FAKE_CUDA_LOG=str(log))
-    r = run_file(pyfile, *SAY, env=env, timeout=600)
+        machine if machine.exists() else nvidia_machine(machine)),
+        LD_LIBRARY_PATH=str(fake_driver), FAKE_CUDA_VERSION=str(version),
+        FAKE_CUDA_CC=str(cc), FAKE_CUDA_LOG=str(log))
+    if toolkit is not None:
+        env["PATH"] = f"{toolkit / 'bin'}{os.pathsep}{env['PATH']}"
+    r = run_file(pyfile, *args, *SAY, env=env, timeout=timeout)
     extracted = list(cache.rglob("libggml-cuda.so"))
     return r, extracted, log.read_text().count("cuInit") if log.exists() else 0
 
@@ -202,6 +222,76 @@ def test_cuda_variant_loads_in_debian11_and_falls_back_without_a_working_driver(
         shutil.rmtree(work, ignore_errors=True)
 
 
+# -- CUDA compiled here: a user's own toolkit (nvcc and cuBLAS) ------------------------------
+
+@pytest.fixture(scope="session")
+def gpu_pyfile(tmp_path_factory, real_model, cuda_dir, gpu_sources) -> Path:
+    """SmolLM2 with what a default file carries for GPUs: the prebuilt CUDA variant and
+    ggml's GPU sources (no Vulkan: the fallback is the CPU)."""
+    out = tmp_path_factory.mktemp("gpu") / "smol.pyfile"
+    r = pyfile_cli("build", str(real_model), "-o", str(out), "--arch", "x86_64",
+                   "--gpu-variants", "cuda,rocm", timeout=900)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_a_gpu_neither_the_variant_nor_nvcc_covers_falls_back_with_both_reasons(
+        gpu_pyfile, tmp_path, fake_driver):
+    """A Pascal GPU (sm_61) on a machine with a CUDA 13 toolkit: the prebuilt variant has no
+    code for it and this nvcc makes none (CUDA 13 starts at Turing), so the one line gives
+    both reasons and what would help; nothing is compiled or unpacked."""
+    tk, nvcc = cuda_toolkit(), machine_nvcc()
+    r, extracted, _ = run_with_driver(gpu_pyfile, tmp_path, fake_driver, 13000, 61, toolkit=tk)
+    assert r.returncode == 0, r.stderr
+    line = backend_line(r.stderr)
+    assert line.startswith("pyfile: backend cpu (")
+    assert re.search(r"CUDA: Fake GPU is sm_61, which the CUDA variant has no kernels for "
+                     r"\(built for [^)]+\); cannot compile one here \(nvcc "
+                     + re.escape(nvcc.version) + r" compiles for sm_75 and newer, not this "
+                     r"GPU's sm_61; an older CUDA toolkit supports it\)", line), line
+    assert "compiling" not in r.stderr and extracted == []
+    assert r.stdout.strip()
+
+
+def test_recompile_builds_cuda_with_cublas_for_the_gpu_and_later_runs_reuse_it(
+        gpu_pyfile, tmp_path, fake_driver, cuobjdump):
+    """``--recompile`` on a machine with a CUDA toolkit (nvcc 13 and cuBLAS) and an sm_86
+    GPU: the launcher compiles ggml's CUDA backend from the carried sources with that nvcc,
+    for sm_86 only (machine code, no PTX), linked to the toolkit's cuBLAS (found through the
+    library's run path) and the CUDA runtime statically; the prebuilt variant is never
+    unpacked. The stand-in driver cannot start CUDA, so the probe says so and the CPU answers.
+    A later run without the flag loads the compiled library without compiling. (A full
+    compile: ~15 min on 2 cores.)"""
+    tk, version = cuda_toolkit(), machine_nvcc().version
+    r, extracted, _ = run_with_driver(gpu_pyfile, tmp_path, fake_driver, 13000, 86,
+                                      "--recompile", toolkit=tk, timeout=3600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(f"pyfile: compiling the CUDA {version} backend for sm_86") == 1, \
+        r.stderr
+    took = re.findall(rf"pyfile: compiled the CUDA {re.escape(version)} backend for sm_86 in "
+                      rf"(\d+) s", r.stderr)
+    assert len(took) == 1, r.stderr
+    assert ("CUDA: the CUDA variant failed its first computation on Fake GPU (it loaded, but "
+            "its driver reported no device)") in backend_line(r.stderr)
+    assert r.stdout.strip()
+    assert [p.parent.parent.name for p in extracted] == ["compiled"], extracted
+    lib = extracted[0]
+    needs = elf.read_file_needs(str(lib))
+    assert "libcublas.so.13" in needs.libraries, needs.libraries
+    assert not [n for n in needs.libraries if n.startswith(("libcudart", "libcuda."))]
+    dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True)
+    assert f"[{tk}/targets/x86_64-linux/lib]" in dynamic.stdout, dynamic.stdout
+    assert gpu_code(cuobjdump, lib) == {("86", "sm")}
+    assert not list((tmp_path / "cache" / "compiled").glob(".*.objects"))
+
+    r, extracted, _ = run_with_driver(gpu_pyfile, tmp_path, fake_driver, 13000, 86, toolkit=tk)
+    assert r.returncode == 0, r.stderr
+    assert "compiling" not in r.stderr
+    assert "CUDA: the CUDA variant failed its first computation" in backend_line(r.stderr)
+    assert extracted == [lib]  # the compiled one, still; the prebuilt one never unpacked
+    print(f"first-run CUDA {version} compile for sm_86: {took[0]} s")
+
+
 # -- ROCm: compiled on first use from the sources every file carries -------------------------
 
 @pytest.fixture(scope="session")
@@ -214,12 +304,17 @@ def rocm_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hip_pyfile(tmp_path_factory, real_model) -> Path:
-    """SmolLM2 built with the published ROCm sources only (make setup publishes them)."""
+def gpu_sources() -> None:
+    """ggml's GPU sources published as the ROCm kind (make setup publishes them)."""
     r = subprocess.run([str(ROOT / "scripts" / "build-variant.sh"), "rocm"],
                        env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="session")
+def hip_pyfile(tmp_path_factory, real_model, gpu_sources) -> Path:
+    """SmolLM2 built with the published ROCm sources only."""
     out = tmp_path_factory.mktemp("hip") / "smol.pyfile"
     r = pyfile_cli("build", str(real_model), "-o", str(out), "--arch", "x86_64",
                    "--gpu-variants", "rocm", timeout=900)
@@ -263,7 +358,7 @@ def test_the_file_carries_the_rocm_sources(hip_pyfile):
         assert spec["members"] == [".pyfile/variants/rocm/sources.tar"]
         packed = arch.member(spec["members"][0]).compressed_size
         names = tarfile.open(fileobj=io.BytesIO(arch.read(spec["members"][0]))).getnames()
-    assert spec["requires"]["compile"] == "hip"
+    assert spec["requires"]["compile"] == "ggml-cuda"
     assert "ggml/src/ggml-cuda/ggml-cuda.cu" in names and "blas/hip/blas-hip.cu" in names
     assert packed < 1 << 20, packed
 

@@ -428,32 +428,3 @@ def test_rpc_worker_serves_an_integrated_gpu_when_there_is_no_dedicated_one():
     assert worker_device(both, "vulkan") == "gpu0"
     assert worker_device(both, "cpu") == "cpu0"
     assert worker_device({0: "cpu0"}.get, "cuda") is None  # "no device to serve"
-
-
-def test_hipcc_is_looked_for_where_rocm_installs_it(tmp_path):
-    """PATH first, then $ROCM_PATH/bin, $HIP_PATH/bin and /opt/rocm/bin (as llamafile and
-    ggml's CMake look); none at all is None."""
-    from pyfile.runtime.backend.compile import find_hipcc
-    for d in ("path", "rocm/bin", "hip/bin"):
-        (tmp_path / d).mkdir(parents=True)
-        (tmp_path / d / "hipcc").write_text("#!/bin/sh\n")
-        (tmp_path / d / "hipcc").chmod(0o755)
-    env = {"PATH": str(tmp_path / "path"), "ROCM_PATH": str(tmp_path / "rocm"),
-           "HIP_PATH": str(tmp_path / "hip")}
-    assert find_hipcc(env) == str(tmp_path / "path" / "hipcc")
-    env["PATH"] = str(tmp_path / "none")
-    assert find_hipcc(env) == str(tmp_path / "rocm" / "bin" / "hipcc")
-    del env["ROCM_PATH"]
-    assert find_hipcc(env) == str(tmp_path / "hip" / "bin" / "hipcc")
-    if not os.path.exists("/opt/rocm/bin/hipcc"):
-        assert find_hipcc({"PATH": str(tmp_path / "none")}) is None
-
-
-def test_rocm_older_than_61_is_refused_by_name():
-    from pyfile.runtime.backend.compile import CompileError, check_rocm
-    check_rocm("6.1.40091")
-    check_rocm("7.0.2")
-    with pytest.raises(CompileError) as e:
-        check_rocm("5.7.31921")
-    assert str(e.value) == ("ROCm 5.7.31921 is older than the 6.1 ggml's GPU backend needs; "
-                            "install ROCm 6.1 or newer")

@@ -91,7 +91,7 @@ def test_rocm_sources_are_packed_as_files_and_kinds_can_be_chosen(tmp_path, monk
     (src / "blas").mkdir()
     (src / "blas" / "blas.cu").write_text("// blas\n")
     (src / "variant.json").write_text(json.dumps(
-        {"kind": "rocm", "engine": "llama-cpp-python 0.3.36", "compile": "hip", "needs": []}))
+        {"kind": "rocm", "engine": "llama-cpp-python 0.3.36", "compile": "ggml-cuda", "needs": []}))
     found = variants.published("0.3.36", ["cuda"], [], {"PYFILE_VARIANTS": str(root)})
     assert found["rocm"].libs == ["blas/blas.cu", "ggml/src/ggml-cuda/ggml-cuda.cu"]
     model = write_tiny(str(tmp_path / "m.gguf"))
@@ -102,7 +102,7 @@ def test_rocm_sources_are_packed_as_files_and_kinds_can_be_chosen(tmp_path, monk
     with Archive.open(str(out)) as arch:
         assert list(arch.manifest.variants) == ["rocm"]
         assert arch.manifest.variants["rocm"]["members"] == [".pyfile/variants/rocm/sources.tar"]
-        assert arch.manifest.variants["rocm"]["requires"]["compile"] == "hip"
+        assert arch.manifest.variants["rocm"]["requires"]["compile"] == "ggml-cuda"
         tar = tarfile.open(fileobj=io.BytesIO(arch.read(".pyfile/variants/rocm/sources.tar")))
     assert tar.getnames() == ["blas/blas.cu", "ggml/src/ggml-cuda/ggml-cuda.cu"]
     assert tar.extractfile("blas/blas.cu").read() == b"// blas\n"

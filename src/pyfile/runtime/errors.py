@@ -53,3 +53,8 @@ class EngineVersionError(EngineError):
 
 class BackendError(EngineError):
     """A requested compute backend (GPU or CPU variant) cannot be used here."""
+
+
+class CompileError(BackendError):
+    """ggml's GPU backend could not be compiled on this machine (the message says why and
+    what to do); the launcher then moves on to the next backend."""

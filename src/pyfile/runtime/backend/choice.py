@@ -268,6 +268,8 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
                                source.size, engine, verdicts)
     variants = installed_variants(llama_cpp)
     variants.update(packed_variants(manifest))
+    # ggml's GPU sources, carried under the ROCm kind; they build CUDA too (compile/)
+    sources = next((v for v in variants.values() if v.requires.get("compile")), None)
     explicit = gpu_flag not in ("auto", "cpu")
     order = () if gpu_flag == "cpu" else ((get(gpu_flag),) if explicit else BACKENDS)
     absent: List[Backend] = []  # no such hardware at all: summarised, not explained
@@ -275,8 +277,9 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
     choice: Optional[_Choice] = None
     for be in order:
         finding = be.find(root, os.environ, explicit)
-        choice, problem = _attempt(be, finding, variants.get(be.kind), source, chosen, engine,
-                                   verdicts, archive_path, n_gpu_layers, recompile)
+        choice, problem = _attempt(be, finding, variants.get(be.kind), sources, source,
+                                   chosen, engine, verdicts, archive_path, n_gpu_layers,
+                                   recompile)
         if choice is not None:
             break
         if explicit:
@@ -297,8 +300,10 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
         layers = (f"{min(ngl, total)}/{total} layers" if total else
                   ("all layers" if ngl >= 999 else f"{ngl} layers"))
         more = f" (+{choice.count - 1} more)" if choice.count > 1 else ""
+        built = choice.variant.requires.get("built")
         return Selection(choice.backend.kind, "; ".join(
-            [f"{choice.gpu.describe()}{more}; {layers} offloaded", *reasons]), ngl,
+            [f"{choice.gpu.describe()}{more}; {layers} offloaded",
+             *([f"built here by {built}"] if built else []), *reasons]), ngl,
             chosen.extra_bufts)
     extra = [chosen.label]
     if notes:
@@ -315,23 +320,43 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
 
 
 def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
-             source: ModelSource, chosen: cpu.Candidate, engine: str, verdicts: cpu.Verdicts,
-             archive_path: Optional[str], n_gpu_layers: Optional[int], recompile: bool = False
+             sources: Optional[Variant], source: ModelSource, chosen: cpu.Candidate,
+             engine: str, verdicts: cpu.Verdicts, archive_path: Optional[str],
+             n_gpu_layers: Optional[int], recompile: bool = False
              ) -> Tuple[Optional[_Choice], Optional[str]]:
-    """Plan one backend and run (or recall) its probe: (choice, None) or (None, problem)."""
+    """Plan one backend and run (or recall) its probe: (choice, None) or (None, problem).
+
+    ``sources`` are the GPU sources the file carries: a backend with a compiler for them
+    (``compile.TOOLCHAINS``) is compiled here when the file has nothing else for it (ROCm),
+    when its prebuilt variant cannot serve this GPU, with ``--recompile``, or when an earlier
+    run compiled it."""
     gpu, problem, libs = plan_gpu(be, finding, variant, find_runtime_libs)
+    if variant is not None and variant is sources:
+        if gpu is None:
+            return None, problem
+        from .compile import CompileError  # only files carrying sources need the compiler
+        try:
+            variant = _compile(be, archive_path, sources, finding, gpu, recompile)
+        except CompileError as e:
+            return None, f"cannot compile the {be.title} backend here ({e})"
+    elif sources is not None and finding.gpus and _compiles(be):
+        from .compile import CompileError
+        best = max(finding.gpus, key=lambda g: g.memory)
+        try:  # a usable prebuilt variant is replaced only by one compiled already or asked for
+            built = _compile(be, archive_path, sources, finding, best, recompile,
+                             cached_only=gpu is not None and not recompile)
+        except CompileError as e:
+            built = None
+            if gpu is None:
+                problem = f"{problem}; cannot compile one here ({e})"
+        if built is not None:
+            gpu, variant, libs = best, built, []
     if gpu is None or variant is None:
         return None, problem
     set_env = be.devices_env is not None and be.devices_env not in os.environ
     if set_env:  # ggml's own filter: only the devices we chose (children inherit it)
         os.environ[str(be.devices_env)] = ",".join(str(g.index) for g in finding.gpus)
-    if variant.path is None and variant.requires.get("compile"):
-        from .compile import CompileError  # only files carrying sources need the compiler
-        try:
-            variant.path = _compile(archive_path, variant, gpu, recompile)
-        except CompileError as e:
-            return None, f"cannot compile the {be.title} backend here ({e})"
-    elif variant.path is None:
+    if variant.path is None:
         variant.path = _extract(archive_path, variant)
     ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     key = cpu.verdict_key(engine, be.kind, cpu.file_id(variant.path), gpu.name,
@@ -352,19 +377,40 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
     return None, f"the {be.title} variant failed its first computation on {gpu.name} ({why})"
 
 
-def _compile(archive_path: Optional[str], variant: Variant, gpu: hardware.GPU,
-             force: bool) -> str:
-    """A variant carried as sources: compiled for this GPU on first use (see ``compile``)."""
-    from .compile import SOURCES_TAR, CompileError, hip_variant
-    if variant.requires.get("compile") != "hip":
-        raise CompileError(f"this pyfile cannot compile a {variant.requires['compile']!r} "
-                           f"backend")
-    folder = _extract(archive_path, variant, library=False)
-    llama_cpp = import_llama_cpp()
-    base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
-                        "libggml-base.so")
-    return hip_variant(os.path.join(folder, SOURCES_TAR), os.path.basename(folder), gpu.arch,
-                       base, force)
+def _compiles(be: Backend) -> bool:
+    from .compile import TOOLCHAINS
+    return be.kind in TOOLCHAINS
+
+
+def _compile(be: Backend, archive_path: Optional[str], sources: Variant,
+             finding: hardware.Finding, gpu: hardware.GPU, force: bool,
+             cached_only: bool = False) -> Optional[Variant]:
+    """The backend compiled from the carried sources for ``gpu`` (see ``compile``): from the
+    cache or compiled now; with ``cached_only``, only one an earlier run compiled (None when
+    there is none or no compiler). Raises ``CompileError``."""
+    from . import compile
+    from ..container.archive import Archive
+    from ..container.extract import folder_key
+    toolchain = compile.TOOLCHAINS[be.kind]
+    if archive_path is None:
+        raise compile.CompileError("the sources are packed but no archive is open")
+    if cached_only:
+        path = toolchain.locate(os.environ)
+        if path is None:
+            return None
+        tc = toolchain(path, toolchain.read_version(path))
+        with Archive.open(archive_path) as arch:
+            lib = compile.cached(tc, folder_key(arch, sources.packed), gpu)
+    else:
+        tc = toolchain.find(os.environ)
+        tc.check(finding, gpu)
+        folder = _extract(archive_path, sources, library=False)
+        llama_cpp = import_llama_cpp()
+        base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
+                            "libggml-base.so")
+        lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR),
+                               os.path.basename(folder), base, force)
+    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib) if lib else None
 
 
 def _extract(archive_path: Optional[str], variant: Variant, library: bool = True) -> str:

@@ -21,6 +21,11 @@ def _cc(text: str) -> Tuple[int, str]:
     return (int(digits) if digits else 0), text[len(text.rstrip("af")):]
 
 
+def compute_capability(arch: str) -> int:
+    """"sm_86" -> 86, "sm_120a" -> 120."""
+    return _cc(arch)[0]
+
+
 def sm_ok(gpu: hardware.GPU, archs: List[str]) -> bool:
     """Whether a variant built for ``archs`` (CMake's spellings: "86-real" machine code,
     "90-virtual" PTX, "75" both) has code this GPU runs. Machine code for sm_XY runs on
