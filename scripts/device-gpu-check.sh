@@ -1,74 +1,93 @@
 #!/bin/sh
-# The GPU check run on a lent device machine (see README "Measured on an H100").
-# Inputs, staged in $STASH by earlier calls (the device has no registry access):
-#   model.part1 model.part2  the SmolLM2 GGUF, split to fit the transfer limit
-#   engine.tar.xz            llama_cpp package + CPU variants from our portable build
-#   diskcache-*.whl          the one llama-cpp-python dependency the device image lacks
-#   cuda.xz variant.json     libggml-cuda.so from scripts/build-variant.sh (sm_90)
+# The GPU check for a lent NVIDIA machine (README "GPUs"): what a default file does there.
+#
+#   here:    scripts/device-gpu-check.sh stage        # .gpucheck/: the file in <= 56 MiB parts
+#   device:  scripts/device-gpu-check.sh keep         # one call per part but the last, with
+#                                                     # carry [".gpucheck"], back to back
+#                                                     # (the machine stays warm 30 s)
+#   device:  scripts/device-gpu-check.sh run          # the last part; log in $OUT/gpu-check.log
+#
+# `stage` builds SmolLM2 for x86-64 with the GPU parts a default file has (the prebuilt CUDA
+# variant and ggml's GPU sources) and splits it, numbering the parts so that each `keep` call
+# carries the next one (`stage` prints which). The device needs nothing from us but the file:
+# its own nvcc builds the BLAS check and the --recompile (cuBLAS) variant, its python3 has numpy.
+# `run` checks:
+#   1. pyfile's BLAS (native/cuda-blas) against numpy on random shapes, every type and call form
+#   2. the default file picks CUDA with every layer offloaded; its greedy text against the CPU's
+#   3. prompt and generation tokens/s: the prebuilt variant (pyfile's BLAS, PTX compiled by the
+#      driver), the CPU, and the anchor: ggml's CUDA backend with cuBLAS, compiled natively for
+#      this GPU by the file's own --recompile path (llama.cpp's CUDA build, minus VMM) — its
+#      compile time on this machine is measured too
 set -u
-STASH=${STASH:-/tmp/stash}
+here=$(cd "$(dirname "$0")/.." && pwd)
+stage_dir=$here/.gpucheck
+STASH=${STASH:-/tmp/gpucheck-stash}
+PART=$((56 * 1024 * 1024))
+
+case ${1:-} in
+stage)
+    py=${PYTHON:-$here/.venv/bin/python}
+    model=$("$here/scripts/fetch-model.sh" "$py") || exit 1
+    rm -rf "$stage_dir" && mkdir -p "$stage_dir"
+    grep -qx '/.gpucheck/' "$here/.git/info/exclude" 2>/dev/null || echo '/.gpucheck/' >> "$here/.git/info/exclude"
+    "$py" -m pyfile build "$model" -o "$stage_dir/smol.pyfile" --arch x86_64 \
+        --gpu-variants cuda,rocm || exit 1
+    (cd "$stage_dir" && split -b "$PART" -d -a 1 smol.pyfile part. && rm smol.pyfile)
+    n=$(ls "$stage_dir"/part.* | wc -l)
+    echo "staged $n parts in $stage_dir; device calls, back to back, each with carry [\".gpucheck\"]:"
+    i=0
+    for p in "$stage_dir"/part.*; do
+        i=$((i + 1))
+        if [ "$i" -lt "$n" ]; then echo "  $i: scripts/device-gpu-check.sh keep   (after: only ${p##*/} in .gpucheck)"
+        else echo "  $i: scripts/device-gpu-check.sh run    (after: only ${p##*/} in .gpucheck)"; fi
+    done
+    echo "(between calls, remove the parts already sent: each call carries at most 64 MiB)"
+    exit 0
+    ;;
+keep)
+    mkdir -p "$STASH" && cp "$stage_dir"/part.* "$STASH"/ && ls -la "$STASH"
+    exit 0
+    ;;
+run) ;;
+*) echo "usage: $0 stage|keep|run" >&2; exit 2 ;;
+esac
+
 OUT=${OUT:-/tmp/out}
 W=${WORK:-/tmp/gpucheck}
-mkdir -p "$W/site" "$W/cuda" "$OUT"
-py=$(command -v python3)
-"$py" - "$STASH" "$W" <<'PY'
-import lzma, shutil, sys, tarfile
-stash, work = sys.argv[1], sys.argv[2]
-with tarfile.open(f"{stash}/engine.tar.xz") as t:
-    t.extractall(f"{work}/site")
-with lzma.open(f"{stash}/cuda.xz") as src, open(f"{work}/cuda/libggml-cuda.so", "wb") as out:
-    shutil.copyfileobj(src, out, 1 << 20)
-shutil.copy(f"{stash}/variant.json", f"{work}/cuda/variant.json")
-with open(f"{work}/smol.gguf", "wb") as out:
-    for part in ("model.part1", "model.part2"):
-        with open(f"{stash}/{part}", "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-PY
-"$py" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" "$STASH"/diskcache-*.whl \
-    $(ls "$STASH"/wheels/*.whl 2>/dev/null)  # the server stack, when the image lacks it
-export PYTHONPATH="$W/site:$PWD/src" PYFILE_PYTHON="$py" PYFILE_CACHE_DIR="$W/cache"
+mkdir -p "$W" "$OUT" "$STASH"
+cp "$stage_dir"/part.* "$STASH"/ 2>/dev/null
+cat "$STASH"/part.* > "$W/smol.pyfile" && chmod +x "$W/smol.pyfile"
+export PYFILE_CACHE_DIR="$W/cache"
 P="$W/smol.pyfile"
-tm() { s=$(date +%s%N); "$@"; e=$(date +%s%N); echo "[elapsed $(( (e - s) / 1000000 )) ms]"; }
 PARIS='The capital of France is'
+LONG=$(for _ in $(seq 1 40); do printf 'The quick brown fox jumps over the lazy dog. '; done)
+tm() { s=$(date +%s%N); "$@"; e=$(date +%s%N); echo "[elapsed $(( (e - s) / 1000000 )) ms]"; }
+speed() {  # prompt and generation tokens/s of one backend (-v prints the engine's timings)
+    "$P" "$@" -p "$LONG" --temp 0 -n 256 -v 2>&1 | grep -E "^pyfile: backend|prompt eval time|[^t] eval time"
+}
 {
-echo "== machine"; nvidia-smi -L 2>&1; grep -m1 "model name" /proc/cpuinfo; nproc
-"$py" -c "import llama_cpp, sys; print('llama_cpp', llama_cpp.__version__, sys.version.split()[0])"
-echo "== build"; "$py" -m pyfile build "$W/smol.gguf" -o "$P" --backend "cuda=$W/cuda" ${PYFILE_BUILD_FLAGS:-} 2>&1
-"$py" -m pyfile inspect "$P" | grep -E "variant|members" -A0
-echo "== auto (first run: probes)"; tm "$P" -p "$PARIS" --temp 0 -n 16 2>&1
-echo "== auto (cached verdicts)"; tm "$P" -p "$PARIS" --temp 0 -n 16 2>&1
-echo "== cuda speed"; "$P" -p "Once upon a time" --temp 0 -n 256 -v 2>&1 | grep -E "^pyfile|offloaded|eval time"
-echo "== cpu speed"; "$P" --gpu cpu -p "Once upon a time" --temp 0 -n 256 -v 2>&1 | grep -E "^pyfile|eval time"
-echo "== -ngl 10"; "$P" -ngl 10 -p "$PARIS" --temp 0 -n 8 2>&1
-echo "== CUDA_VISIBLE_DEVICES=-1, auto"; CUDA_VISIBLE_DEVICES=-1 "$P" -p "$PARIS" --temp 0 -n 8 2>&1
-echo "== CUDA_VISIBLE_DEVICES=-1, --gpu nvidia"; CUDA_VISIBLE_DEVICES=-1 "$P" --gpu nvidia -p "$PARIS" -n 8 2>&1; echo "rc=$?"
-echo "== server on the GPU"
-if "$py" -c "import fastapi, uvicorn" 2>/dev/null; then
-    "$P" --server --port 8791 --nobrowser --parallel 2 > "$W/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 1 120); do grep -q "web chat at" "$W/server.log" && break; sleep 0.5; done
-    head -2 "$W/server.log"
-    "$py" - <<'PY'
-import json, time, urllib.request
-def post(path, body):
-    req = urllib.request.Request("http://127.0.0.1:8791/" + path, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
-print("props backend:", json.load(urllib.request.urlopen("http://127.0.0.1:8791/props"))["backend"])
-q = {"messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-     "temperature": 0, "max_tokens": 30}
-print("chat:", post("v1/chat/completions", q)["choices"][0]["message"]["content"])
-t = time.time(); n = 0
-for _ in range(8):
-    n += post("v1/completions", {"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0})["usage"]["completion_tokens"]
-print("8 sequential completions: %.1f tok/s end to end" % (n / (time.time() - t)))
-PY
-    kill "$server_pid" 2>/dev/null; wait "$server_pid"
-else
-    echo "fastapi/uvicorn not on this image: skipped"
-fi
+echo "== machine"; nvidia-smi -L 2>&1; nvidia-smi --query-gpu=driver_version --format=csv,noheader
+grep -m1 "model name" /proc/cpuinfo; nproc; command -v nvcc && nvcc --version | tail -n 2
+ls -la "$P"
+echo "== 1. BLAS against numpy"
+nvcc -shared -Xcompiler -fPIC -O2 -arch=native -I "$here/native/cuda-blas" \
+    "$here/native/cuda-blas/blas.cu" "$here/native/cuda-blas/check/blas-check.cu" \
+    -o "$W/libblascheck.so" 2>&1 | tail -n 5
+python3 "$here/native/cuda-blas/check/check.py" "$W/libblascheck.so" --cases 60
+echo "== 2. default file: first run (probes), then cached verdicts"
+tm "$P" -p "$PARIS" --temp 0 -n 32 > "$W/gpu.txt" 2> "$W/gpu.err"; cat "$W/gpu.err" "$W/gpu.txt"
+tm "$P" -p "$PARIS" --temp 0 -n 32 2>&1
+"$P" --gpu cpu -p "$PARIS" --temp 0 -n 32 > "$W/cpu.txt" 2> "$W/cpu.err"; cat "$W/cpu.err" "$W/cpu.txt"
+if cmp -s "$W/gpu.txt" "$W/cpu.txt"; then echo "greedy text, CUDA vs CPU: equal (32 tokens)"
+else echo "greedy text, CUDA vs CPU: DIFFERENT"; fi
+echo "== 3. speed: prebuilt CUDA variant"; speed
+echo "== 3. speed: CPU"; speed --gpu cpu
+echo "== 3. anchor: --recompile (ggml's CUDA backend with cuBLAS, native code for this GPU)"
+tm "$P" --recompile -p "$PARIS" --temp 0 -n 8 2>&1 | grep -E "^pyfile|elapsed"
+speed
+echo "== -ngl 10, CUDA_VISIBLE_DEVICES=-1 (auto and --gpu nvidia)"
+"$P" -ngl 10 -p "$PARIS" --temp 0 -n 8 2>&1
+CUDA_VISIBLE_DEVICES=-1 "$P" -p "$PARIS" --temp 0 -n 8 2>&1
+CUDA_VISIBLE_DEVICES=-1 "$P" --gpu nvidia -p "$PARIS" -n 8 2>&1; echo "rc=$?"
 echo "== verdicts"; cat "$W/cache/verdicts.json"
-echo "== diagnostics"; "$py" -c "from pyfile.runtime.backend.choice import find_runtime_libs as f; print(f('cuda', {}))"
-ls -d /usr/local/cuda*/lib64 "$("$py" -c 'import site; print(site.getsitepackages()[0])')"/nvidia/* 2>&1 | head -20
 } 2>&1 | tee "$OUT/gpu-check.log"

@@ -90,8 +90,9 @@ def parser(prog: str = "model.pyfile") -> argparse.ArgumentParser:
                    metavar="N", help="layers to offload to the GPU (default: all when one is used)")
     g.add_argument("--gpu", type=_gpu, default="auto", metavar="WHICH", help=_gpu_help())
     g.add_argument("--recompile", action="store_true",
-                   help="compile the GPU backend this file carries as sources (ROCm) again, "
-                        "even if an earlier run did")
+                   help="compile the GPU backend from the sources this file carries, for "
+                        "this GPU, even if an earlier run did (ROCm with hipcc; NVIDIA with "
+                        "your CUDA toolkit's nvcc and cuBLAS instead of the prebuilt variant)")
     g.add_argument("--no-mmap", action="store_true", help="read the weights instead of mapping them")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 

@@ -394,13 +394,14 @@ def _compile(be: Backend, archive_path: Optional[str], sources: Variant,
     toolchain = compile.TOOLCHAINS[be.kind]
     if archive_path is None:
         raise compile.CompileError("the sources are packed but no archive is open")
+    with Archive.open(archive_path) as arch:
+        source_key = folder_key(arch, sources.packed)  # also the name of their unpacked folder
     if cached_only:
         path = toolchain.locate(os.environ)
         if path is None:
             return None
         tc = toolchain(path, toolchain.read_version(path))
-        with Archive.open(archive_path) as arch:
-            lib = compile.cached(tc, folder_key(arch, sources.packed), gpu)
+        lib = compile.cached(tc, source_key, gpu)
     else:
         tc = toolchain.find(os.environ)
         tc.check(finding, gpu)
@@ -408,8 +409,8 @@ def _compile(be: Backend, archive_path: Optional[str], sources: Variant,
         llama_cpp = import_llama_cpp()
         base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
                             "libggml-base.so")
-        lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR),
-                               os.path.basename(folder), base, force)
+        lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR), source_key,
+                               base, force)
     return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib) if lib else None
 
 
