@@ -42,7 +42,9 @@ def compile_sample(nvcc: Nvcc, folder: str, units: list, spec: str, out: str):
         obj = os.path.join(out, unit.replace(os.sep, "_") + ".o")
         cmd = [nvcc.path, *gencode(spec), "-O3", "-Xcompiler", "-fPIC", "-std=c++17",
                "-use_fast_math", "-extended-lambda", "-compress-mode=size", "-w",
-               *[f"-D{d}" for d in PREBUILT], *sources.defines(), *sources.includes(folder),
+               *[f"-D{d}" for d in PREBUILT], *sources.defines(),
+               "-I", os.path.join(folder, sources.BLAS),  # pyfile's cublas_v2.h, as prebuilt
+               *sources.includes(folder),
                "-c", os.path.join(folder, unit), "-o", obj]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:

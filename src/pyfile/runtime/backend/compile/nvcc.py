@@ -100,12 +100,12 @@ class Nvcc(Toolchain):
         major, minor = self.release
         if finding.api is not None and finding.api < major * 1000:
             have = f"{finding.api // 1000}.{finding.api % 1000 // 10}"
+            driver = " ".join(filter(None, ["the NVIDIA driver", finding.driver]))
             floor = fit.CUDA_DRIVER_FLOOR.get(major)
-            raise CompileError(
-                f"nvcc {self.version} builds for CUDA {major}.{minor}, the NVIDIA driver "
-                f"{finding.driver or ''} supports CUDA {have} (update the driver"
-                f"{f' to {floor} or newer' if floor else ''}, or use a CUDA "
-                f"{finding.api // 1000} toolkit)".replace("driver  ", "driver "))
+            update = f"update the driver to {floor} or newer" if floor else "update the driver"
+            raise CompileError(f"nvcc {self.version} builds for CUDA {major}.{minor}, {driver} "
+                               f"supports CUDA {have} ({update}, or use a CUDA "
+                               f"{finding.api // 1000} toolkit)")
         self.target(gpu)
         if not any(os.path.isfile(os.path.join(d, "cublas_v2.h"))
                    for d in self.layout()["include"]):
