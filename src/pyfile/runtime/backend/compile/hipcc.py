@@ -5,12 +5,10 @@ under hipBLAS's names (``native/cuda-blas/hip``), so the library needs nothing o
 from __future__ import annotations
 
 import os
-import re
-import shutil
 from typing import List, Mapping, Optional
 
 from . import sources
-from .toolchain import Toolchain, ask
+from .toolchain import Toolchain
 from ..hardware import GPU, Finding
 from ...container.versions import parse
 from ...errors import CompileError
@@ -29,24 +27,14 @@ class Hipcc(Toolchain):
     library = "libggml-hip.so"
     install = "install ROCm 6.1 or newer, or set ROCM_PATH"
 
-    @classmethod
-    def locate(cls, env: Mapping[str, str], prefix: str = "/opt") -> Optional[str]:
-        """``hipcc`` on PATH, in ``$ROCM_PATH/bin``, ``$HIP_PATH/bin`` or ``/opt/rocm/bin``."""
-        found = shutil.which("hipcc", path=env.get("PATH", os.defpath))
-        if found:
-            return found
-        for top in (env.get("ROCM_PATH"), env.get("HIP_PATH"), os.path.join(prefix, "rocm")):
-            if top and os.access(os.path.join(top, "bin", "hipcc"), os.X_OK):
-                return os.path.join(top, "bin", "hipcc")
-        return None
+    version_pattern = r"HIP version:\s*([0-9][0-9.]*)"  # "6.4.43484"
+    prefix = "/opt"
+    version_name = "a HIP version"
 
     @classmethod
-    def read_version(cls, path: str) -> str:
-        """The HIP version hipcc compiles for ("6.4.43484")."""
-        m = re.search(r"HIP version:\s*([0-9][0-9.]*)", ask([path, "--version"]))
-        if not m:
-            raise CompileError(f"{path} --version did not name a HIP version")
-        return m.group(1).rstrip(".")
+    def tops(cls, env: Mapping[str, str], prefix: str) -> List[Optional[str]]:
+        """``$ROCM_PATH``, ``$HIP_PATH``, ``/opt/rocm``."""
+        return [env.get("ROCM_PATH"), env.get("HIP_PATH"), os.path.join(prefix, "rocm")]
 
     def check(self, finding: Finding, gpu: GPU) -> None:
         if parse(self.version)[:2] < ROCM_MIN:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from . import sources
@@ -38,28 +37,18 @@ class Nvcc(Toolchain):
         super().__init__(path, version)
         self._layout: Optional[Dict[str, List[str]]] = None
 
-    @classmethod
-    def locate(cls, env: Mapping[str, str], prefix: str = "/usr/local") -> Optional[str]:
-        """``nvcc`` on PATH, in ``$CUDA_HOME/bin``, ``$CUDA_PATH/bin``, ``/usr/local/cuda/bin``
-        or the newest ``/usr/local/cuda-X.Y/bin`` (NVIDIA's installers' places)."""
-        found = shutil.which("nvcc", path=env.get("PATH", os.defpath))
-        if found:
-            return found
-        tops = [env.get("CUDA_HOME"), env.get("CUDA_PATH"), os.path.join(prefix, "cuda")]
-        tops += sorted(glob.glob(os.path.join(prefix, "cuda-*")), reverse=True,
-                       key=lambda top: parse_or(top.rsplit("-", 1)[-1]))
-        for top in tops:
-            if top and os.access(os.path.join(top, "bin", "nvcc"), os.X_OK):
-                return os.path.join(top, "bin", "nvcc")
-        return None
+    version_pattern = r"release [0-9.]+, V([0-9][0-9.]*)"  # "13.0.88"
+    prefix = "/usr/local"
+    version_name = "a CUDA release"
 
     @classmethod
-    def read_version(cls, path: str) -> str:
-        """The toolkit's release with nvcc's build ("13.0.88", from "release 13.0, V13.0.88")."""
-        m = re.search(r"release [0-9.]+, V([0-9][0-9.]*)", ask([path, "--version"]))
-        if not m:
-            raise CompileError(f"{path} --version did not name a CUDA release")
-        return m.group(1).rstrip(".")
+    def tops(cls, env: Mapping[str, str], prefix: str) -> List[Optional[str]]:
+        """``$CUDA_HOME``, ``$CUDA_PATH``, ``/usr/local/cuda``, then ``/usr/local/cuda-X.Y``
+        newest first (NVIDIA's installers' places)."""
+        versioned = sorted(glob.glob(os.path.join(prefix, "cuda-*")), reverse=True,
+                           key=lambda top: parse_or(top.rsplit("-", 1)[-1]))
+        return [env.get("CUDA_HOME"), env.get("CUDA_PATH"), os.path.join(prefix, "cuda"),
+                *versioned]
 
     @property
     def release(self) -> Tuple[int, int]:

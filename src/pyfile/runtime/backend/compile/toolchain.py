@@ -5,6 +5,9 @@ GPU. ``hipcc.py`` and ``nvcc.py`` hold the two there are."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 import subprocess
 from typing import List, Mapping, Optional
 
@@ -21,19 +24,36 @@ class Toolchain:
     platform: str = ""  # what its version numbers: "ROCm", "CUDA"
     library: str = ""  # the module it links: "libggml-hip.so"
     install: str = ""  # what a user without it installs
+    version_pattern: str = ""  # finds the version in ``--version``'s answer (group 1)
+    version_name: str = ""  # for "did not name ...": "a HIP version"
+    prefix: str = ""  # where its installers put it: "/opt" (for /opt/rocm)
 
     def __init__(self, path: str, version: str) -> None:
         self.path, self.version = path, version
 
     @classmethod
-    def locate(cls, env: Mapping[str, str], prefix: str = "") -> Optional[str]:
-        """The compiler's path, or None when this machine has none (``prefix``: where its
-        installers put it, for tests)."""
+    def tops(cls, env: Mapping[str, str], prefix: str) -> List[Optional[str]]:
+        """Installation folders to look in after PATH, most specific first."""
         raise NotImplementedError
 
     @classmethod
+    def locate(cls, env: Mapping[str, str], prefix: Optional[str] = None) -> Optional[str]:
+        """The compiler on PATH, else in the first of :meth:`tops` that has ``bin/<it>``;
+        None when this machine has none (``prefix`` replaces :attr:`prefix`, for tests)."""
+        found = shutil.which(cls.program, path=env.get("PATH", os.defpath))
+        if found:
+            return found
+        for top in cls.tops(env, prefix or cls.prefix):
+            if top and os.access(os.path.join(top, "bin", cls.program), os.X_OK):
+                return os.path.join(top, "bin", cls.program)
+        return None
+
+    @classmethod
     def read_version(cls, path: str) -> str:
-        raise NotImplementedError
+        m = re.search(cls.version_pattern, ask([path, "--version"]))
+        if not m:
+            raise CompileError(f"{path} --version did not name {cls.version_name}")
+        return m.group(1).rstrip(".")
 
     @classmethod
     def find(cls, env: Mapping[str, str], **where: str) -> "Toolchain":
