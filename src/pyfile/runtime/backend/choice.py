@@ -268,7 +268,8 @@ def select(source: ModelSource, gpu_flag: str, verbose: bool = False,
                                source.size, engine, verdicts)
     variants = installed_variants(llama_cpp)
     variants.update(packed_variants(manifest))
-    # ggml's GPU sources, carried under the ROCm kind; they build CUDA too (compile/)
+    # ggml's GPU sources ("compile": "ggml-cuda"), carried under the ROCm kind; they build
+    # CUDA too (compile/)
     sources = next((v for v in variants.values() if v.requires.get("compile")), None)
     explicit = gpu_flag not in ("auto", "cpu")
     order = () if gpu_flag == "cpu" else ((get(gpu_flag),) if explicit else BACKENDS)

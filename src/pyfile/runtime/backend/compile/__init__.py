@@ -12,7 +12,7 @@ and keeps the result in the user cache; ``sources.py`` knows the carried tar.
 from .build import cached, compiled
 from .hipcc import Hipcc
 from .nvcc import Nvcc
-from .sources import SOURCES_TAR, is_sources
+from .sources import SOURCES_TAR
 from .toolchain import Toolchain
 from ...errors import CompileError
 
@@ -20,4 +20,4 @@ from ...errors import CompileError
 TOOLCHAINS = {tc.kind: tc for tc in (Hipcc, Nvcc)}
 
 __all__ = ["CompileError", "Toolchain", "Hipcc", "Nvcc", "TOOLCHAINS", "SOURCES_TAR",
-           "is_sources", "cached", "compiled"]
+           "cached", "compiled"]

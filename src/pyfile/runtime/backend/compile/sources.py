@@ -11,8 +11,6 @@ from ...errors import CompileError
 
 #: The member (in the sources' folder of the file) that holds them, as one tar.
 SOURCES_TAR = "sources.tar"
-#: What ``variant.json``/the manifest's ``requires.compile`` says of a sources variant.
-KIND = "ggml-cuda"
 #: Where the sources sit inside that tar.
 GGML = "ggml"
 BLAS = "blas"
@@ -66,8 +64,4 @@ def unpack(tar: str, dest: str) -> None:
         raise CompileError(f"cannot unpack the carried sources ({e})") from None
 
 
-def is_sources(requires: dict) -> bool:
-    """Whether a variant's ``requires`` marks it as these sources."""
-    return requires.get("compile") == KIND
-
-__all__ = ["SOURCES_TAR", "KIND", "units", "defines", "includes", "unpack", "is_sources"]
+__all__ = ["SOURCES_TAR", "units", "defines", "includes", "unpack"]
