@@ -23,14 +23,14 @@ DEV = Path(os.path.expanduser("~/.cache/pyfile-dev"))
 def machine_nvcc() -> Nvcc:
     """This machine's nvcc; the tests of the nvcc path need one (CI's machine has it)."""
     nvcc = Nvcc.find(os.environ)
-    assert nvcc.layout()["top"][0], "nvcc --dryrun named no TOP"
+    assert nvcc.layout().top, "nvcc --dryrun named no TOP"
     return nvcc
 
 
 def toolkit(cublas: bool = True) -> Path:
     """The toolkit folder (its bin/nvcc is a link that nvcc resolves relative to it)."""
     nvcc = machine_nvcc()
-    top = Path(os.path.realpath(nvcc.layout()["top"][0]))
+    top = Path(os.path.realpath(nvcc.layout().top))
     name = f"cuda-toolkit-{nvcc.version}" + (f"-cublas-{CUBLAS_VERSION}" if cublas else "")
     folder = DEV / name
     if (folder / "bin" / "nvcc").exists():

@@ -88,7 +88,7 @@ def test_nvcc_is_asked_for_machine_code_for_exactly_the_gpu():
     """A GPU nvcc has machine code for gets exactly that (sm_86: no PTX, no other arch); one
     newer than any it knows gets PTX of the newest it knows, which the driver compiles."""
     nvcc = machine_nvcc()
-    newest = max(int(c[3:]) for c in nvcc.layout()["codes"])
+    newest = max(int(c[3:]) for c in nvcc.layout().codes)
     assert nvcc.target(nvidia("sm_86")[1]) == ("compute_86", "sm_86")
     assert nvcc.target(nvidia("sm_250")[1]) == (f"compute_{newest}", f"compute_{newest}")
     cmd = nvcc.compile_command("/src", nvidia("sm_86")[1], "ggml/src/ggml-cuda/acc.cu", "a.o")
@@ -98,7 +98,7 @@ def test_nvcc_is_asked_for_machine_code_for_exactly_the_gpu():
 
 def test_nvcc_refuses_a_gpu_older_than_it_supports():
     nvcc = machine_nvcc()
-    oldest = min(int(c[3:]) for c in nvcc.layout()["codes"])
+    oldest = min(int(c[3:]) for c in nvcc.layout().codes)
     finding, gpu = nvidia("sm_61")
     assert oldest > 61, "this nvcc still supports Pascal: the test needs an older GPU"
     with pytest.raises(CompileError) as e:

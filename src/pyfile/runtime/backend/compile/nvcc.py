@@ -9,7 +9,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
 
 from . import sources
 from .toolchain import Toolchain, ask
@@ -26,6 +27,21 @@ OPTIONS = ("-O3", "-Xcompiler", "-fPIC", "-std=c++17", "-use_fast_math", "-exten
            "-w")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A toolkit as nvcc describes it."""
+
+    top: str  # its root
+    include: List[str]  # header folders nvcc searches
+    lib: List[str]  # library folders it links from (not the driver stubs)
+    codes: List[str]  # the machine codes it makes: "sm_75", ...
+
+
+def _flag_paths(text: str, flag: str) -> List[str]:
+    """The folders of every ``-I``/``-L`` in one of ``--dryrun``'s lines."""
+    return [os.path.normpath(p) for p in re.findall(rf'"?{flag}([^" ]+)"?', text)]
+
+
 class Nvcc(Toolchain):
     kind = "cuda"
     program = "nvcc"
@@ -35,7 +51,7 @@ class Nvcc(Toolchain):
 
     def __init__(self, path: str, version: str) -> None:
         super().__init__(path, version)
-        self._layout: Optional[Dict[str, List[str]]] = None
+        self._layout: Optional[Layout] = None
 
     version_pattern = r"release [0-9.]+, V([0-9][0-9.]*)"  # "13.0.88"
     prefix = "/usr/local"
@@ -54,21 +70,20 @@ class Nvcc(Toolchain):
     def release(self) -> Tuple[int, int]:
         return parse(self.version)[:2]
 
-    def layout(self) -> Dict[str, List[str]]:
+    def layout(self) -> "Layout":
         """Where the toolkit keeps headers and libraries and which GPU codes nvcc makes, as
         nvcc itself reports them (``--dryrun``, ``--list-gpu-code``)."""
         if self._layout is None:
             dry = ask([self.path, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull])
             line = {m.group(1): m.group(2) for m in
                     re.finditer(r"^#\$ (TOP|INCLUDES|LIBRARIES)=(.*)$", dry, re.M)}
-            paths = lambda text, flag: [os.path.normpath(p) for p in  # noqa: E731
-                                        re.findall(rf'"?{flag}([^" ]+)"?', text)]
-            libs = [d for d in paths(line.get("LIBRARIES", ""), "-L")
-                    if os.path.basename(d) != "stubs"]
             codes = ask([self.path, "--list-gpu-code"]).split()
-            self._layout = {"top": [os.path.normpath(line.get("TOP", ""))],
-                            "include": paths(line.get("INCLUDES", ""), "-I"),
-                            "lib": libs, "codes": [c for c in codes if c.startswith("sm_")]}
+            self._layout = Layout(
+                os.path.normpath(line.get("TOP", "")),
+                _flag_paths(line.get("INCLUDES", ""), "-I"),
+                [d for d in _flag_paths(line.get("LIBRARIES", ""), "-L")
+                 if os.path.basename(d) != "stubs"],
+                [c for c in codes if c.startswith("sm_")])
         return self._layout
 
     def target(self, gpu: GPU) -> Tuple[str, str]:
@@ -76,7 +91,7 @@ class Nvcc(Toolchain):
         has it, else PTX of the newest arch it knows (the driver compiles that for a newer
         GPU); :class:`CompileError` for a GPU older than any it supports."""
         have = fit.compute_capability(gpu.arch)
-        codes = sorted(fit.compute_capability(c) for c in self.layout()["codes"])
+        codes = sorted(fit.compute_capability(c) for c in self.layout().codes)
         if have in codes:
             return f"compute_{have}", f"sm_{have}"
         if codes and have > codes[-1]:
@@ -97,8 +112,8 @@ class Nvcc(Toolchain):
                                f"{finding.api // 1000} toolkit)")
         self.target(gpu)
         if not any(os.path.isfile(os.path.join(d, "cublas_v2.h"))
-                   for d in self.layout()["include"]):
-            raise CompileError(f"the CUDA toolkit at {self.layout()['top'][0]} has no cuBLAS "
+                   for d in self.layout().include):
+            raise CompileError(f"the CUDA toolkit at {self.layout().top} has no cuBLAS "
                                f"headers (cublas_v2.h); install its cuBLAS development files")
 
     def units(self, folder: str) -> List[str]:
@@ -116,7 +131,7 @@ class Nvcc(Toolchain):
 
     def link_command(self, gpu: GPU, objects: List[str], ggml_base: str, lib: str) -> List[str]:
         # cuBLAS from the toolkit, found again at run time through the run path
-        dirs = self.layout()["lib"]
+        dirs = self.layout().lib
         return [self.path, *self._gencode(gpu), "-shared", "-o", lib, *objects, ggml_base,
                 "-cudart", "static", *[f"-L{d}" for d in dirs], "-lcublas", "-lcublasLt",
                 "-Xlinker", "-rpath," + ":".join(dirs)]
