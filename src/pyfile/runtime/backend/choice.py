@@ -344,8 +344,10 @@ def _attempt(be: Backend, finding: hardware.Finding, variant: Optional[Variant],
         from .compile import CompileError
         best = max(finding.gpus, key=lambda g: g.memory)
         try:  # a usable prebuilt variant is replaced only by one compiled already or asked for
-            built = _compile(be, archive_path, sources, finding, best, recompile,
-                             cached_only=gpu is not None and not recompile)
+            built: Optional[Variant] = (
+                _compiled_earlier(be, archive_path, sources, best)
+                if gpu is not None and not recompile else
+                _compile(be, archive_path, sources, finding, best, recompile))
         except CompileError as e:
             built = None
             if gpu is None:
@@ -384,35 +386,45 @@ def _compiles(be: Backend) -> bool:
 
 
 def _compile(be: Backend, archive_path: Optional[str], sources: Variant,
-             finding: hardware.Finding, gpu: hardware.GPU, force: bool,
-             cached_only: bool = False) -> Optional[Variant]:
+             finding: hardware.Finding, gpu: hardware.GPU, force: bool) -> Variant:
     """The backend compiled from the carried sources for ``gpu`` (see ``compile``): from the
-    cache or compiled now; with ``cached_only``, only one an earlier run compiled (None when
-    there is none or no compiler). Raises ``CompileError``."""
+    cache or compiled now (``force``: compiled again). Raises ``CompileError``."""
     from . import compile
+    tc = compile.TOOLCHAINS[be.kind].find(os.environ)
+    tc.check(finding, gpu)
+    source_key = _source_key(archive_path, sources)
+    folder = _extract(archive_path, sources, library=False)
+    llama_cpp = import_llama_cpp()
+    base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
+                        "libggml-base.so")
+    lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR), source_key,
+                           base, force)
+    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib)
+
+
+def _compiled_earlier(be: Backend, archive_path: Optional[str], sources: Variant,
+                      gpu: hardware.GPU) -> Optional[Variant]:
+    """What an earlier run compiled for ``gpu`` with this machine's compiler, or None (no
+    compiler: nothing more is done, this runs at every start on such a machine)."""
+    from . import compile
+    toolchain = compile.TOOLCHAINS[be.kind]
+    path = toolchain.locate(os.environ)
+    if path is None:
+        return None
+    tc = toolchain(path, toolchain.read_version(path))
+    lib = compile.cached(tc, _source_key(archive_path, sources), gpu)
+    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib) if lib else None
+
+
+def _source_key(archive_path: Optional[str], sources: Variant) -> str:
+    """The carried sources' digest (also the name of their unpacked folder)."""
+    from .compile import CompileError
     from ..container.archive import Archive
     from ..container.extract import folder_key
-    toolchain = compile.TOOLCHAINS[be.kind]
     if archive_path is None:
-        raise compile.CompileError("the sources are packed but no archive is open")
+        raise CompileError("the sources are packed but no archive is open")
     with Archive.open(archive_path) as arch:
-        source_key = folder_key(arch, sources.packed)  # also the name of their unpacked folder
-    if cached_only:
-        path = toolchain.locate(os.environ)
-        if path is None:
-            return None
-        tc = toolchain(path, toolchain.read_version(path))
-        lib = compile.cached(tc, source_key, gpu)
-    else:
-        tc = toolchain.find(os.environ)
-        tc.check(finding, gpu)
-        folder = _extract(archive_path, sources, library=False)
-        llama_cpp = import_llama_cpp()
-        base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
-                            "libggml-base.so")
-        lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR), source_key,
-                               base, force)
-    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib) if lib else None
+        return folder_key(arch, sources.packed)
 
 
 def _extract(archive_path: Optional[str], variant: Variant, library: bool = True) -> str:
