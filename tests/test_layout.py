@@ -85,3 +85,19 @@ def test_runtime_folders_are_the_concerns():
     assert folders == ["backend", "container", "modes", "rpc", "server"]
     top = sorted(f for f in os.listdir(RUNTIME) if f.endswith(".py"))
     assert top == ["__init__.py", "errors.py", "main.py", "options.py", "ready.py"]
+
+
+def test_every_package_is_installed_by_pip():
+    """pyproject.toml lists its packages by name: a new folder of the runtime left out of the
+    list is missing from `pip install .` (and so from every file such an install builds)."""
+    import tomllib
+    root = os.path.dirname(os.path.dirname(os.path.dirname(pyfile.__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    src = os.path.dirname(os.path.dirname(pyfile.__file__))
+    found = set()
+    for folder, dirs, files in os.walk(os.path.dirname(pyfile.__file__)):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        if "__init__.py" in files:
+            found.add(os.path.relpath(folder, src).replace(os.sep, "."))
+    assert found <= listed, sorted(found - listed)
