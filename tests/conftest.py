@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,10 @@ from ggufgen import write_tiny
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MODEL_ENV = "PYFILE_TEST_MODEL"
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored, and so would every file it runs: the Ctrl-C tests need what a terminal gives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Builds reuse the engine, wheels and runtimes that `make setup` cached (as the Makefile says).
 os.environ.setdefault("PYFILE_BUILD_CACHE",
                       os.path.join(os.path.expanduser("~"), ".cache", "pyfile-dev", "build"))
