@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import atomic
 from .archive import Archive
@@ -105,6 +105,19 @@ def cached_folder(kind: str, key: str, fill: Callable[[str], None]) -> str:
             raise ArchiveError(f"cannot unpack into the cache or a temporary folder "
                                f"({e.strerror or e})") from None
         return work
+
+
+def existing_folder(kind: str, key: str) -> Optional[str]:
+    """``<cache>/<kind>/<key>`` when an earlier run filled it, held and touched as
+    :func:`cached_folder` does ("in use" for ``pyfile cache prune``); None otherwise. It
+    never fills one."""
+    target = os.path.join(run_cache(), kind, key)
+    if not os.path.isdir(target):
+        return None
+    with contextlib.suppress(OSError):  # a read-only cache: usable, just not marked
+        hold(target)
+    _touch(target)
+    return target
 
 
 def extract(arch: Archive, files: List[Tuple[str, str]]) -> str:

@@ -93,17 +93,12 @@ class Display:
         sys.stderr.flush()
 
 
-def _target(tc: Toolchain, source_key: str, gpu: GPU) -> Tuple[str, str]:
-    from ...container.paths import run_cache
-    root = os.path.join(run_cache(), CACHE_KIND)
-    return root, tc.key(source_key, gpu)
-
-
 def cached(tc: Toolchain, source_key: str, gpu: GPU) -> Optional[str]:
     """The library an earlier run compiled with this compiler for this GPU, or None."""
-    root, key = _target(tc, source_key, gpu)
-    lib = os.path.join(root, key, tc.library)
-    return lib if os.path.isfile(lib) else None
+    from ...container.extract import existing_folder
+    folder = existing_folder(CACHE_KIND, tc.key(source_key, gpu))
+    lib = os.path.join(folder, tc.library) if folder else None
+    return lib if lib and os.path.isfile(lib) else None
 
 
 def compiled(tc: Toolchain, gpu: GPU, tar: str, source_key: str, ggml_base: str,
@@ -111,7 +106,8 @@ def compiled(tc: Toolchain, gpu: GPU, tar: str, source_key: str, ggml_base: str,
     """The library for ``gpu`` from the sources in ``tar`` (``source_key`` names them): from
     the cache, or compiled now (``force``: compiled again)."""
     from ...container.extract import cached_folder
-    root, key = _target(tc, source_key, gpu)
+    from ...container.paths import run_cache
+    root, key = os.path.join(run_cache(), CACHE_KIND), tc.key(source_key, gpu)
     target = os.path.join(root, key)
     # Named like a work folder of the target: `pyfile cache prune` leaves it alone while a
     # compile holds the target's fill lock, and removes it once its compiler is gone.
