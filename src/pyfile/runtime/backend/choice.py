@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import cpu
 from . import fit
@@ -26,6 +26,10 @@ from . import hardware
 from .engine import ModelSource, import_llama_cpp
 from ..errors import BackendError
 from ..container.manifest import Manifest
+
+if TYPE_CHECKING:
+    from .compile import Toolchain
+    from ..container.archive import Archive
 
 
 @dataclass(frozen=True)
@@ -390,16 +394,18 @@ def _compile(be: Backend, archive_path: Optional[str], sources: Variant,
     """The backend compiled from the carried sources for ``gpu`` (see ``compile``): from the
     cache or compiled now (``force``: compiled again). Raises ``CompileError``."""
     from . import compile
+    from ..container.extract import extract, folder_key
     tc = compile.TOOLCHAINS[be.kind].find(os.environ)
     tc.check(finding, gpu)
-    source_key = _source_key(archive_path, sources)
-    folder = _extract(archive_path, sources, library=False)
+    with _open_sources(archive_path) as arch:  # one opening: their digest, then their folder
+        source_key = folder_key(arch, sources.packed)
+        folder = extract(arch, sources.packed)
     llama_cpp = import_llama_cpp()
     base = os.path.join(os.path.dirname(os.path.abspath(llama_cpp.__file__)), "lib",
                         "libggml-base.so")
     lib = compile.compiled(tc, gpu, os.path.join(folder, compile.SOURCES_TAR), source_key,
                            base, force)
-    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib)
+    return _built(be, tc, lib)
 
 
 def _compiled_earlier(be: Backend, archive_path: Optional[str], sources: Variant,
@@ -407,34 +413,39 @@ def _compiled_earlier(be: Backend, archive_path: Optional[str], sources: Variant
     """What an earlier run compiled for ``gpu`` with this machine's compiler, or None (no
     compiler: nothing more is done, this runs at every start on such a machine)."""
     from . import compile
-    toolchain = compile.TOOLCHAINS[be.kind]
-    path = toolchain.locate(os.environ)
+    from ..container.extract import folder_key
+    path = compile.TOOLCHAINS[be.kind].locate(os.environ)
     if path is None:
         return None
-    tc = toolchain(path, toolchain.read_version(path))
-    lib = compile.cached(tc, _source_key(archive_path, sources), gpu)
-    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib) if lib else None
+    tc = compile.TOOLCHAINS[be.kind].at(path)
+    with _open_sources(archive_path) as arch:
+        lib = compile.cached(tc, folder_key(arch, sources.packed), gpu)
+    return _built(be, tc, lib) if lib else None
 
 
-def _source_key(archive_path: Optional[str], sources: Variant) -> str:
-    """The carried sources' digest (also the name of their unpacked folder)."""
+def _open_sources(archive_path: Optional[str]) -> "Archive":
+    """The file that carries the sources, opened."""
     from .compile import CompileError
     from ..container.archive import Archive
-    from ..container.extract import folder_key
     if archive_path is None:
         raise CompileError("the sources are packed but no archive is open")
-    with Archive.open(archive_path) as arch:
-        return folder_key(arch, sources.packed)
+    return Archive.open(archive_path)
 
 
-def _extract(archive_path: Optional[str], variant: Variant, library: bool = True) -> str:
+def _built(be: Backend, tc: "Toolchain", lib: str) -> Variant:
+    """A library compiled on this machine, named in the backend line ("built here by ...")."""
+    return Variant(be.kind, {"built": f"{tc.program} {tc.version}"}, lib)
+
+
+def _extract(archive_path: Optional[str], variant: Variant) -> str:
+    """A packed variant's library, unpacked (once) into the native cache."""
     from ..container.archive import Archive
     from ..container.extract import extract
     if archive_path is None:
         raise BackendError(f"the {variant.kind} variant is packed but no archive is open")
     with Archive.open(archive_path) as arch:
         folder = extract(arch, variant.packed)
-    return os.path.join(folder, LIB_OF[variant.kind]) if library else folder
+    return os.path.join(folder, LIB_OF[variant.kind])
 
 
 def report(sel: Selection) -> None:

@@ -62,11 +62,16 @@ class Toolchain:
         path = cls.locate(env, **where)
         if path is None:
             raise CompileError(f"no {cls.program} found; {cls.install}")
+        return cls.at(path)
+
+    @classmethod
+    def at(cls, path: str) -> "Toolchain":
+        """The compiler at ``path``, its version asked."""
         return cls(path, cls.read_version(path))
 
     @property
     def what(self) -> str:
-        """For messages: "the CUDA 13.0 backend"."""
+        """For messages: "the CUDA 13.0.88 backend"."""
         return f"the {self.platform} {self.version} backend"
 
     def key(self, source_key: str, gpu: GPU) -> str:
